@@ -1,0 +1,32 @@
+"""litetask_async: an asyncio-native background task queue whose state lives in a database."""
+
+from .app import LiteTask
+from .exceptions import (
+    BrokerUnavailable,
+    ConfigurationError,
+    LiteTaskError,
+    SerializationError,
+    TaskNotFound,
+    TaskTimeout,
+    WorkerError,
+)
+from .progress import TaskProgress
+from .records import TaskRecord, TaskStatus
+from .tasks import Task
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "LiteTask",
+    "LiteTaskError",
+    "SerializationError",
+    "Task",
+    "TaskNotFound",
+    "TaskProgress",
+    "TaskRecord",
+    "TaskStatus",
+    "TaskTimeout",
+    "WorkerError",
+]
+
+__version__ = "0.1.0"

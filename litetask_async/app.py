@@ -1,0 +1,243 @@
+"""LiteTask: the app object. Task registry, broker per event loop, sync facade, worker entry."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+import anyio
+from anyio.from_thread import BlockingPortal
+
+from .brokers.base import Broker
+from .exceptions import ConfigurationError, TaskNotFound
+from .records import NewTask, TaskRecord
+from .tasks import Task, new_task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+DEFAULT_URL = "sqlite:///litetask.db"
+
+
+def broker_factory(url: str) -> Callable[[], Broker]:
+    """Check ``url`` and return a function that builds a broker for it."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"not a broker URL: {url!r}; use 'sqlite:///path.db', 'memory://' or 'postgresql://...'")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        from .brokers.memory import MemoryBroker
+
+        name = url.split("://", 1)[1] or "default"
+        return lambda: MemoryBroker(name)
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        from .brokers.sqlite import SQLiteBroker, path_from_url
+
+        path_from_url(url)  # raises on a malformed URL now, not at first use
+        return lambda: SQLiteBroker(url)
+    if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise ConfigurationError("the PostgreSQL broker is not available yet in this version")
+    raise ConfigurationError(
+        f"unknown broker URL scheme {scheme!r} in {url!r}; "
+        "use 'sqlite:///path.db', 'sqlite+aiosqlite:///path.db', 'memory://' or 'postgresql://...'")
+
+
+class LiteTask:
+    """The app: register tasks with :meth:`task`, enqueue them, read them back, run workers.
+
+    ``LiteTask()`` stores tasks in the SQLite file ``./litetask.db``. Other URLs:
+    ``sqlite:///path.db``, ``sqlite+aiosqlite:///path.db``, ``memory://`` (one process only).
+    """
+
+    def __init__(self, url: str = DEFAULT_URL) -> None:
+        self.url = url
+        self._make_broker = broker_factory(url)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref.WeakKeyDictionary()
+        self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self._portal: BlockingPortal | None = None
+        self._portal_stop: concurrent.futures.Future[None] | None = None
+        self._portal_pid = 0
+        self._portal_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LiteTask({self.url!r})"
+
+    # --- registry ---
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, name: str | None = None, retries: int = 0,
+        retry_backoff: float = 1.0, retry_on: tuple[type[BaseException], ...] | None = None,
+        timeout: float | None = None, queue: str = "default", priority: int = 0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, retries: int = 0,
+        retry_backoff: float = 1.0, retry_on: tuple[type[BaseException], ...] | None = None,
+        timeout: float | None = None, queue: str = "default", priority: int = 0,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task; use bare (``@app.task``) or with options.
+
+        ``async def`` functions run on the worker's event loop, plain ``def`` functions in its
+        process pool. ``retries`` extra attempts after an exception (only for ``retry_on`` types
+        if given), waiting ``retry_backoff * 2**(attempt-1)`` seconds with jitter; ``timeout``
+        seconds stops the task and records a ``TaskTimeout`` error.
+        """
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            t = Task(self, f, name=name, retries=retries, retry_backoff=retry_backoff,
+                     retry_on=retry_on, timeout=timeout, queue=queue, priority=priority)
+            if t.name in self.tasks and self.tasks[t.name].fn is not f:
+                raise ConfigurationError(f"a different task is already registered as {t.name!r}")
+            self.tasks[t.name] = t
+            return t
+
+        return register(fn) if fn is not None else register
+
+    # --- broker per event loop ---
+
+    async def broker(self) -> Broker:
+        """The open broker for the running event loop (opened on first use)."""
+        loop = asyncio.get_running_loop()
+        b = self._brokers.get(loop)
+        if b is not None:
+            return b
+        lock = self._opening.setdefault(loop, asyncio.Lock())
+        async with lock:
+            b = self._brokers.get(loop)
+            if b is None:
+                b = self._make_broker()
+                await b.open()
+                self._brokers[loop] = b
+        return b
+
+    async def _enqueue(self, tasks: Sequence[NewTask]) -> None:
+        if tasks:
+            await (await self.broker()).enqueue(tasks)
+
+    # --- async API ---
+
+    async def aenqueue(self, name: str, *args: Any, **kwargs: Any) -> str:
+        """Enqueue a task by name, for producers that do not import the task's code.
+
+        A name no worker knows ends the task ``failed`` with an ``UnknownTask`` error.
+        """
+        task = self.tasks.get(name)
+        if task is not None:
+            return await task.adelay(*args, **kwargs)
+        new = new_task(name, args, kwargs)
+        await self._enqueue([new])
+        return new.id
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The task's record, or None if there is no such task."""
+        return await (await self.broker()).get(task_id)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+        """Wait until the task is completed, failed or cancelled, and return its record.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds and :class:`TaskNotFound` for an
+        unknown id.
+        """
+        broker = await self.broker()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.005
+        while True:
+            rec = await broker.get(task_id)
+            if rec is None:
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            if rec.is_final:
+                return rec
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(f"task {task_id} is still {rec.status.value} after {timeout}s")
+            sleep = delay if deadline is None else min(delay, max(0.0, deadline - loop.time()))
+            await asyncio.sleep(sleep)
+            delay = min(delay * 1.5, 0.2)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task. A pending task never runs; a running one is stopped by its worker
+        within about a second and ends ``cancelled``. Returns False (and changes nothing) when
+        the task had already finished. Raises :class:`TaskNotFound` for an unknown id."""
+        return await (await self.broker()).cancel(task_id)
+
+    async def run_worker(
+        self, *, concurrency: int = 8, processes: int | None = None,
+        heartbeat_interval: float = 5.0, heartbeat_timeout: float = 30.0,
+        grace_period: float = 30.0, max_rescues: int = 3, poll_interval: float = 1.0,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        """Run a worker in this event loop until SIGTERM/SIGINT; see :class:`Worker`."""
+        from .worker import Worker
+
+        await Worker(
+            self, concurrency=concurrency, processes=processes,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+            grace_period=grace_period, max_rescues=max_rescues, poll_interval=poll_interval,
+            install_signal_handlers=install_signal_handlers,
+        ).run()
+
+    async def aclose(self) -> None:
+        """Close the broker of the running event loop."""
+        b = self._brokers.pop(asyncio.get_running_loop(), None)
+        if b is not None:
+            await b.close()
+
+    # --- sync facade: one background event loop per app (and per process) ---
+
+    def _get_portal(self) -> BlockingPortal:
+        with self._portal_lock:
+            if self._portal is None or self._portal_pid != os.getpid():
+                ready: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
+                stop: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+                async def serve() -> None:
+                    async with BlockingPortal() as portal:
+                        ready.set_result(portal)
+                        await anyio.to_thread.run_sync(stop.result)
+                        await self.aclose()
+
+                threading.Thread(target=anyio.run, args=(serve,), daemon=True,
+                                 name="litetask-sync-portal").start()
+                self._portal = ready.result()
+                self._portal_stop = stop
+                self._portal_pid = os.getpid()
+            return self._portal
+
+    def _call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        return self._get_portal().call(fn, *args)
+
+    def enqueue(self, name: str, *args: Any, **kwargs: Any) -> str:
+        """Sync twin of :meth:`aenqueue`."""
+        return self._call_sync(lambda: self.aenqueue(name, *args, **kwargs))
+
+    def get_task_sync(self, task_id: str) -> TaskRecord | None:
+        """Sync twin of :meth:`get_task`."""
+        return self._call_sync(self.get_task, task_id)
+
+    def wait_sync(self, task_id: str, timeout: float | None = None) -> TaskRecord:
+        """Sync twin of :meth:`wait`."""
+        return self._call_sync(self.wait, task_id, timeout)
+
+    def cancel_sync(self, task_id: str) -> bool:
+        """Sync twin of :meth:`cancel`."""
+        return self._call_sync(self.cancel, task_id)
+
+    def close(self) -> None:
+        """Stop the background loop of the sync facade (it is restarted on next use)."""
+        with self._portal_lock:
+            stop, self._portal_stop = self._portal_stop, None
+            self._portal = None
+        if stop is not None and not stop.done():
+            stop.set_result(None)
+

@@ -1,0 +1,142 @@
+"""The broker interface: the only thing a storage backend implements.
+
+A broker stores tasks and moves them through their states atomically. It knows nothing of
+functions, serialisation or execution; the worker and the app sit above it. Every method that
+takes a sequence works on many tasks in one round trip.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..records import ClaimedTask, NewTask, Outcome, TaskRecord, TaskStatus, utc_from_timestamp
+
+
+@dataclass(frozen=True)
+class RunningUpdate:
+    """Progress and/or pid of a running task (None leaves the stored value as it is)."""
+
+    task_id: str
+    progress: int | None = None
+    pid: int | None = None
+
+
+class Broker(abc.ABC):
+    """Storage of tasks. One instance serves one event loop; instances may share process-wide state."""
+
+    #: Seconds between polls when the broker cannot push wake-ups across processes.
+    poll_interval: float = 0.5
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if needed (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; safe to call twice."""
+
+    @abc.abstractmethod
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        """Store new pending tasks, all or none."""
+
+    @abc.abstractmethod
+    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+        """Atomically mark up to ``limit`` due pending tasks running for ``worker_id`` and return them.
+
+        Highest priority first, then enqueue order. ``attempts`` is incremented. No task is ever
+        returned to two claimers.
+        """
+
+    @abc.abstractmethod
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
+        """Write the end of many attempts. Returns the ids whose outcome was applied.
+
+        An outcome only applies while the task is still running for that worker and attempt; a task
+        that was rescued meanwhile, or cancelled and finalised, is left alone.
+        """
+
+    @abc.abstractmethod
+    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
+        """Store progress and pid of running tasks."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        """Mark the given running tasks of ``worker_id`` alive as of now."""
+
+    @abc.abstractmethod
+    async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
+        """Put back running tasks whose heartbeat is older than ``timeout`` seconds.
+
+        Each is rescued by exactly one caller. A task already rescued ``max_rescues`` times is failed
+        with a ``WorkerLost`` error instead. Returns the ids that were put back or failed.
+        """
+
+    @abc.abstractmethod
+    async def cancel_requested(self, task_ids: Sequence[str]) -> list[str]:
+        """Which of these running tasks have been asked to cancel."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """Read one task."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task: pending ones become cancelled at once, running ones are flagged for their
+        worker. Returns False when the task was already final. Raises TaskNotFound."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new work may be available, or after ``timeout`` seconds."""
+
+
+def error_payload(exc: BaseException | None, type_name: str | None = None, message: str | None = None) -> str:
+    """The JSON stored as a task's error: type, message and traceback."""
+    if exc is not None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        payload: dict[str, Any] = {
+            "type": type_name or type(exc).__name__,
+            "message": message if message is not None else str(exc),
+            "traceback": tb,
+        }
+    else:
+        payload = {"type": type_name or "Error", "message": message or "", "traceback": None}
+    return json.dumps(payload)
+
+
+def worker_lost_error(timeout: float, rescues: int) -> str:
+    """The error recorded on a task whose worker vanished too many times."""
+    return error_payload(
+        None,
+        "WorkerLost",
+        f"the worker running this task stopped heartbeating for {timeout:g}s; "
+        f"the task was already taken up again {rescues} time(s), so it is failed",
+    )
+
+
+def record_from_row(row: dict[str, Any]) -> TaskRecord:
+    """Build a TaskRecord from a database row with the common column names (epoch-second times)."""
+    return TaskRecord(
+        id=row["id"], name=row["name"], status=TaskStatus(row["status"]), progress=row["progress"],
+        args=_loads_or_raw(row["args"]), kwargs=_loads_or_raw(row["kwargs"]),
+        result=None if row["result"] is None else _loads_or_raw(row["result"]),
+        error=None if row["error"] is None else _loads_or_raw(row["error"]),
+        pid=row["pid"], attempts=row["attempts"],
+        created_at=utc_from_timestamp(row["created_at"]),  # type: ignore[arg-type]
+        started_at=utc_from_timestamp(row["started_at"]),
+        finished_at=utc_from_timestamp(row["finished_at"]),
+        queue=row["queue"], priority=row["priority"], max_attempts=row["max_attempts"],
+        worker_id=row["worker_id"], heartbeat_at=utc_from_timestamp(row["heartbeat_at"]),
+    )
+
+
+def _loads_or_raw(text: Any) -> Any:
+    """Decode stored JSON; a payload that is not JSON is returned as the raw text."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text

@@ -1,0 +1,253 @@
+"""In-memory broker: for tests and single-process apps. Same semantics as the database brokers.
+
+All brokers created with the same ``memory://name`` URL in one process share one store, so the sync
+facade, the app's loop and a worker in the same process see the same tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..exceptions import TaskNotFound
+from ..records import (
+    FINAL_STATUSES,
+    ClaimedTask,
+    NewTask,
+    Outcome,
+    OutcomeKind,
+    TaskRecord,
+    TaskStatus,
+)
+from .base import Broker, RunningUpdate, record_from_row, worker_lost_error
+
+
+@dataclass
+class _Row:
+    seq: int
+    id: str
+    name: str
+    args: str
+    kwargs: str
+    queue: str
+    priority: int
+    max_attempts: int
+    created_at: float
+    run_at: float
+    status: TaskStatus = TaskStatus.PENDING
+    progress: int = 0
+    result: str | None = None
+    error: str | None = None
+    pid: int | None = None
+    attempts: int = 0
+    rescues: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    worker_id: str | None = None
+    cancel_requested: bool = False
+
+
+@dataclass
+class _Store:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rows: dict[str, _Row] = field(default_factory=dict)
+    seq: itertools.count[int] = field(default_factory=itertools.count)
+    waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+
+    def wake(self) -> None:
+        for loop, event in list(self.waiters):
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop is closed
+                self.waiters.discard((loop, event))
+
+
+_stores: dict[str, _Store] = {}
+_stores_lock = threading.Lock()
+
+
+def _store_for(name: str) -> _Store:
+    with _stores_lock:
+        return _stores.setdefault(name, _Store())
+
+
+def _apply_outcome(row: _Row, out: Outcome, now: float) -> None:
+    kind = out.kind
+    if out.pid is not None:
+        row.pid = out.pid
+    if out.error_json is not None:
+        row.error = out.error_json
+    if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
+        row.status = TaskStatus.PENDING
+        row.worker_id = None
+        row.heartbeat_at = None
+        row.cancel_requested = False
+        row.run_at = now + (out.retry_delay or 0.0)
+        if kind is OutcomeKind.RELEASE:
+            row.max_attempts += 1
+        return
+    row.status = TaskStatus(kind.value)
+    row.finished_at = now
+    row.cancel_requested = False
+    if kind is OutcomeKind.COMPLETED:
+        row.result = out.result_json
+        row.progress = 100
+
+
+class MemoryBroker(Broker):
+    """Tasks kept in a dict guarded by a lock; wake-ups are pushed to every waiting loop."""
+
+    poll_interval = 1.0
+
+    def __init__(self, name: str = "default") -> None:
+        self.name = name
+        self._store = _store_for(name)
+        self._event: asyncio.Event | None = None
+
+    async def open(self) -> None:
+        self._event = asyncio.Event()
+        with self._store.lock:
+            self._store.waiters.add((asyncio.get_running_loop(), self._event))
+
+    async def close(self) -> None:
+        if self._event is not None:
+            with self._store.lock:
+                self._store.waiters = {w for w in self._store.waiters if w[1] is not self._event}
+            self._event = None
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        now = time.time()
+        st = self._store
+        with st.lock:
+            for t in tasks:
+                if t.id in st.rows:
+                    raise ValueError(f"task id {t.id!r} already exists")
+            for t in tasks:
+                st.rows[t.id] = _Row(
+                    seq=next(st.seq), id=t.id, name=t.name, args=t.args_json,
+                    kwargs=t.kwargs_json, queue=t.queue, priority=t.priority,
+                    max_attempts=t.max_attempts, created_at=now, run_at=now,
+                )
+            st.wake()
+
+    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+        now = time.time()
+        st = self._store
+        with st.lock:
+            due = [r for r in st.rows.values() if r.status is TaskStatus.PENDING and r.run_at <= now]
+            due.sort(key=lambda r: (-r.priority, r.seq))
+            out = []
+            for r in due[:limit]:
+                r.status = TaskStatus.RUNNING
+                r.worker_id = worker_id
+                r.attempts += 1
+                r.started_at = now
+                r.heartbeat_at = now
+                r.pid = pid
+                r.progress = 0
+                out.append(ClaimedTask(r.id, r.name, r.args, r.kwargs, r.attempts,
+                                       r.max_attempts, r.queue))
+            return out
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
+        now = time.time()
+        applied = []
+        st = self._store
+        with st.lock:
+            for out in outcomes:
+                row = st.rows.get(out.task_id)
+                if (row is None or row.status is not TaskStatus.RUNNING or row.worker_id != out.worker_id
+                        or row.attempts != out.attempt):
+                    continue
+                _apply_outcome(row, out, now)
+                applied.append(out.task_id)
+            if any(o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in outcomes):
+                st.wake()
+        return applied
+
+    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
+        with self._store.lock:
+            for u in updates:
+                row = self._store.rows.get(u.task_id)
+                if row is None or row.status is not TaskStatus.RUNNING:
+                    continue
+                if u.progress is not None:
+                    row.progress = u.progress
+                if u.pid is not None:
+                    row.pid = u.pid
+
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        now = time.time()
+        with self._store.lock:
+            for tid in task_ids:
+                row = self._store.rows.get(tid)
+                if row is not None and row.status is TaskStatus.RUNNING and row.worker_id == worker_id:
+                    row.heartbeat_at = now
+
+    async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
+        now = time.time()
+        cutoff = now - timeout
+        done = []
+        st = self._store
+        with st.lock:
+            for row in st.rows.values():
+                if row.status is not TaskStatus.RUNNING or (row.heartbeat_at or 0) >= cutoff:
+                    continue
+                if row.rescues < max_rescues:
+                    row.status = TaskStatus.PENDING
+                    row.max_attempts += 1
+                    row.run_at = now
+                else:
+                    row.status = TaskStatus.FAILED
+                    row.error = worker_lost_error(timeout, row.rescues)
+                    row.finished_at = now
+                row.rescues += 1
+                row.worker_id = None
+                row.cancel_requested = False
+                done.append(row.id)
+            if done:
+                st.wake()
+        return done
+
+    async def cancel_requested(self, task_ids: Sequence[str]) -> list[str]:
+        with self._store.lock:
+            return [t for t in task_ids if (r := self._store.rows.get(t)) is not None and r.cancel_requested]
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        with self._store.lock:
+            row = self._store.rows.get(task_id)
+            return None if row is None else _record(row)
+
+    async def cancel(self, task_id: str) -> bool:
+        with self._store.lock:
+            row = self._store.rows.get(task_id)
+            if row is None:
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            if row.status in FINAL_STATUSES:
+                return False
+            if row.status is TaskStatus.PENDING:
+                row.status = TaskStatus.CANCELLED
+                row.finished_at = time.time()
+            else:
+                row.cancel_requested = True
+            return True
+
+    async def wait_for_work(self, timeout: float) -> None:
+        event = self._event
+        if event is None:
+            await asyncio.sleep(timeout)
+            return
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        event.clear()
+
+
+def _record(row: _Row) -> TaskRecord:
+    return record_from_row(vars(row))

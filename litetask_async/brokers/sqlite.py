@@ -1,0 +1,352 @@
+"""SQLite broker: the embedded default. Several processes may share one file.
+
+Writes: every write of a process goes through one dedicated writer thread
+(:class:`SQLiteWriter`) that takes all writes queued meanwhile and runs them in one
+``BEGIN IMMEDIATE`` transaction (group commit), each in its own savepoint so one failing write
+does not undo the others. 1,000 concurrent enqueues cost a handful of commits.
+
+Reads: an aiosqlite connection per event loop (WAL lets readers run beside the writer).
+
+Wake-ups across processes: ``PRAGMA data_version`` changes whenever another connection commits;
+an idle worker polls it (a cheap read that touches no table) and only then looks for due tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
+from ..records import ClaimedTask, NewTask, Outcome, OutcomeKind, TaskRecord
+from . import sqlite_sql as sql
+from .base import Broker, RunningUpdate, record_from_row, worker_lost_error
+
+log = logging.getLogger("litetask_async.sqlite")
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+MAX_BATCH = 2_000
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    for pragma in sql.PRAGMAS:
+        conn.execute(pragma)
+    return conn
+
+
+class SQLiteWriter:
+    """One thread owning the process's write connection to one SQLite file; group commit.
+
+    ``submit(fn, *args)`` queues ``fn(conn, *args)`` and returns a concurrent future resolved
+    after the transaction that ran it has committed. Callable from any thread or event loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"litetask-sqlite-writer:{path}", daemon=True)
+        self._ready = concurrent.futures.Future[None]()
+        self._thread.start()
+        self._ready.result()
+        self.commits = 0  # how many transactions were committed (for benchmarks and tests)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if not self._thread.is_alive():
+            fut.set_exception(BrokerUnavailable(f"the SQLite writer for {self.path} has stopped"))
+            return fut
+        self._queue.put((fn, args, fut))
+        return fut
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            conn = _connect(self.path)
+            with conn:
+                pass
+            for stmt in sql.SCHEMA:
+                self._with_retry(conn, lambda s=stmt: conn.execute(s))
+        except BaseException as exc:
+            self._ready.set_exception(
+                ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
+            return
+        self._ready.set_result(None)
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+        conn.close()
+
+    def _with_retry(self, conn: sqlite3.Connection, op: Callable[[], Any]) -> Any:
+        delay = 0.05
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                return op()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
+            for fn, args, fut in batch:
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append((fut, fn(conn, *args), None))
+                    conn.execute("RELEASE op")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((fut, None, exc))
+            self._with_retry(conn, lambda: conn.execute("COMMIT"))
+            self.commits += 1
+        except Exception as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            err = BrokerUnavailable(f"SQLite write to {self.path} failed: {exc}")
+            err.__cause__ = exc
+            for _fn, _args, fut in batch:
+                if not fut.done():
+                    if fut.running() or fut.set_running_or_notify_cancel():
+                        fut.set_exception(err)
+            return
+        for fut, value, error in results:
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(value)
+
+
+_writers: dict[tuple[int, str], SQLiteWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def writer_for(path: str) -> SQLiteWriter:
+    """The process's one writer for ``path`` (created on first use)."""
+    key = (os.getpid(), path)
+    with _writers_lock:
+        w = _writers.get(key)
+        if w is None or not w._thread.is_alive():
+            w = _writers[key] = SQLiteWriter(path)
+        return w
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite+aiosqlite:///...`` to a file path."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("sqlite", "sqlite+aiosqlite"):
+        raise ConfigurationError(f"not an SQLite URL: {url!r}")
+    rest = rest.split("?", 1)[0]
+    if rest in ("", "/"):
+        return str(Path("litetask.db").resolve())
+    if not rest.startswith("/"):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} has a host part; use sqlite:///relative.db or sqlite:////absolute.db")
+    path = rest[1:]
+    if path in (":memory:", "") or path.startswith("file::memory:"):
+        raise ConfigurationError(
+            "an in-memory SQLite database cannot be shared by workers; use 'memory://' instead")
+    return str(Path(path).expanduser().resolve())
+
+
+# --- operations run in the writer thread (each inside the batch transaction) ---
+
+def _op_insert(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> None:
+    conn.executemany(sql.INSERT, [
+        (t.id, t.name, t.queue, t.priority, t.args_json, t.kwargs_json, t.max_attempts, now, now)
+        for t in tasks
+    ])
+
+
+def _op_claim(conn: sqlite3.Connection, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+    now = time.time()
+    rows = conn.execute(sql.CLAIM, (worker_id, pid, now, now, now, limit)).fetchall()
+    return [ClaimedTask(*row) for row in rows]
+
+
+def _finish_params(o: Outcome, now: float) -> tuple[Any, ...]:
+    pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
+    status = "pending" if pending else o.kind.value
+    return (
+        status, o.result_json, o.error_json, None if pending else now,
+        now + (o.retry_delay or 0.0) if pending else None,
+        1 if o.kind is OutcomeKind.RELEASE else 0,
+        100 if o.kind is OutcomeKind.COMPLETED else None,
+        o.pid, o.task_id, o.worker_id, o.attempt,
+    )
+
+
+def _op_finish(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[str]:
+    now = time.time()
+    applied = []
+    for o in outcomes:
+        if conn.execute(sql.FINISH, _finish_params(o, now)).rowcount:
+            applied.append(o.task_id)
+    return applied
+
+
+def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate]) -> None:
+    conn.executemany(sql.UPDATE_PROGRESS, [(u.progress, u.pid, u.task_id) for u in updates])
+
+
+def _op_heartbeat(conn: sqlite3.Connection, worker_id: str, task_ids: Sequence[str]) -> None:
+    now = time.time()
+    conn.executemany(sql.HEARTBEAT, [(now, t, worker_id) for t in task_ids])
+
+
+def _op_requeue_stalled(conn: sqlite3.Connection, timeout: float, max_rescues: int) -> list[str]:
+    now = time.time()
+    rows = conn.execute(sql.REQUEUE_STALLED,
+                        (now, max_rescues, worker_lost_error(timeout, max_rescues), now - timeout))
+    return [r[0] for r in rows.fetchall()]
+
+
+def _op_cancel(conn: sqlite3.Connection, task_id: str) -> bool:
+    if conn.execute(sql.CANCEL_PENDING, (time.time(), task_id)).rowcount:
+        return True
+    if conn.execute(sql.CANCEL_RUNNING, (task_id,)).rowcount:
+        return True
+    if conn.execute(sql.EXISTS, (task_id,)).fetchone() is None:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    return False
+
+
+class SQLiteBroker(Broker):
+    """Broker over one SQLite file; see the module docstring for the design."""
+
+    poll_interval = 0.02
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        self._writer: SQLiteWriter | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._data_version: int | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def writer(self) -> SQLiteWriter:
+        if self._writer is None:
+            raise RuntimeError("broker is not open")
+        return self._writer
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        parent = Path(self.path).parent
+        if not parent.is_dir():
+            raise ConfigurationError(f"cannot open SQLite database {self.path!r}: directory {str(parent)!r} does not exist")
+        self._writer = await asyncio.to_thread(writer_for, self.path)
+        reader = aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        # A reader left unclosed at exit must not keep the interpreter alive.
+        reader._thread.daemon = True
+        self._reader = await reader
+        self._reader.row_factory = aiosqlite.Row
+        await self._reader.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        self._writer = None
+        if reader is not None:
+            await reader.close()
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("broker is not open")
+        return self._reader
+
+    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
+        await self.writer.run(_op_insert, tasks, time.time())
+
+    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+        return await self.writer.run(_op_claim, worker_id, pid, limit)
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
+        return await self.writer.run(_op_finish, outcomes)
+
+    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
+        await self.writer.run(_op_update_running, updates)
+
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        await self.writer.run(_op_heartbeat, worker_id, task_ids)
+
+    async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
+        return await self.writer.run(_op_requeue_stalled, timeout, max_rescues)
+
+    async def cancel_requested(self, task_ids: Sequence[str]) -> list[str]:
+        if not task_ids:
+            return []
+        query = sql.CANCEL_REQUESTED.format(marks=",".join("?" * len(task_ids)))
+        async with self.reader.execute(query, tuple(task_ids)) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self.reader.execute(sql.SELECT_ONE, (task_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else record_from_row(dict(row))
+
+    async def cancel(self, task_id: str) -> bool:
+        return await self.writer.run(_op_cancel, task_id)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self.reader.execute(sql.DATA_VERSION) as cur:
+                row = await cur.fetchone()
+            version = row[0] if row else None
+            if version != self._data_version:
+                first = self._data_version is None
+                self._data_version = version
+                if not first:
+                    async with self.reader.execute(sql.HAS_DUE, (time.time(),)) as cur:
+                        if await cur.fetchone() is not None:
+                            return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(self.poll_interval, left))

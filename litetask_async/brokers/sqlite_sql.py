@@ -1,0 +1,143 @@
+"""Every SQL statement of the SQLite broker, in one place.
+
+Times are REAL seconds since the epoch, passed in by the caller (one SQLite file lives on one
+machine, so there is one clock). ``seq`` keeps enqueue order for ties in priority.
+"""
+
+SCHEMA_VERSION = 1
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS litetask_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS litetask_tasks (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        queue TEXT NOT NULL DEFAULT 'default',
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        progress INTEGER NOT NULL DEFAULT 0,
+        args TEXT NOT NULL,
+        kwargs TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        pid INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 1,
+        rescues INTEGER NOT NULL DEFAULT 0,
+        worker_id TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        run_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        heartbeat_at REAL
+    )
+    """,
+    # The claim reads this index only: pending rows in claim order.
+    """
+    CREATE INDEX IF NOT EXISTS litetask_tasks_pending
+        ON litetask_tasks (priority DESC, seq) WHERE status = 'pending'
+    """,
+    # The rescuer reads this one: running rows by heartbeat age.
+    """
+    CREATE INDEX IF NOT EXISTS litetask_tasks_running
+        ON litetask_tasks (heartbeat_at) WHERE status = 'running'
+    """,
+    "INSERT OR IGNORE INTO litetask_meta (key, value) VALUES ('schema_version', '1')",
+)
+
+GET_SCHEMA_VERSION = "SELECT value FROM litetask_meta WHERE key = 'schema_version'"
+
+INSERT = """
+INSERT INTO litetask_tasks (id, name, queue, priority, args, kwargs, max_attempts, created_at, run_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+CLAIM = """
+UPDATE litetask_tasks
+SET status = 'running', worker_id = ?, pid = ?, attempts = attempts + 1,
+    started_at = ?, heartbeat_at = ?, progress = 0
+WHERE seq IN (
+    SELECT seq FROM litetask_tasks
+    WHERE status = 'pending' AND run_at <= ?
+    ORDER BY priority DESC, seq
+    LIMIT ?
+)
+RETURNING id, name, args, kwargs, attempts, max_attempts, queue
+"""
+
+HAS_DUE = "SELECT 1 FROM litetask_tasks WHERE status = 'pending' AND run_at <= ? LIMIT 1"
+
+# Parameters: status, result, error, finished_at, run_at, max_attempts increment, progress if
+# completed, pid, then the guard: id, worker_id, attempt.
+FINISH = """
+UPDATE litetask_tasks
+SET status = ?1,
+    result = coalesce(?2, result),
+    error = coalesce(?3, error),
+    finished_at = ?4,
+    run_at = coalesce(?5, run_at),
+    max_attempts = max_attempts + ?6,
+    progress = coalesce(?7, progress),
+    pid = coalesce(?8, pid),
+    worker_id = CASE WHEN ?1 = 'pending' THEN NULL ELSE worker_id END,
+    heartbeat_at = CASE WHEN ?1 = 'pending' THEN NULL ELSE heartbeat_at END,
+    cancel_requested = 0
+WHERE id = ?9 AND status = 'running' AND worker_id = ?10 AND attempts = ?11
+"""
+
+UPDATE_PROGRESS = """
+UPDATE litetask_tasks SET progress = coalesce(?, progress), pid = coalesce(?, pid)
+WHERE id = ? AND status = 'running'
+"""
+
+HEARTBEAT = """
+UPDATE litetask_tasks SET heartbeat_at = ?
+WHERE id = ? AND status = 'running' AND worker_id = ?
+"""
+
+# Parameters: now, max_rescues, lost-worker error, cutoff.
+REQUEUE_STALLED = """
+UPDATE litetask_tasks
+SET status = CASE WHEN rescues < ?2 THEN 'pending' ELSE 'failed' END,
+    max_attempts = max_attempts + CASE WHEN rescues < ?2 THEN 1 ELSE 0 END,
+    error = CASE WHEN rescues < ?2 THEN error ELSE ?3 END,
+    finished_at = CASE WHEN rescues < ?2 THEN NULL ELSE ?1 END,
+    run_at = ?1,
+    rescues = rescues + 1,
+    worker_id = NULL,
+    heartbeat_at = NULL,
+    cancel_requested = 0
+WHERE status = 'running' AND heartbeat_at < ?4
+RETURNING id
+"""
+
+CANCEL_PENDING = """
+UPDATE litetask_tasks SET status = 'cancelled', finished_at = ?
+WHERE id = ? AND status = 'pending'
+"""
+
+CANCEL_RUNNING = """
+UPDATE litetask_tasks SET cancel_requested = 1 WHERE id = ? AND status = 'running'
+"""
+
+EXISTS = "SELECT 1 FROM litetask_tasks WHERE id = ?"
+
+SELECT_ONE = "SELECT * FROM litetask_tasks WHERE id = ?"
+
+CANCEL_REQUESTED = "SELECT id FROM litetask_tasks WHERE cancel_requested = 1 AND id IN ({marks})"
+
+DATA_VERSION = "PRAGMA data_version"

@@ -1,0 +1,47 @@
+"""Errors raised by litetask_async.
+
+All of them derive from one root, :class:`LiteTaskError`::
+
+    LiteTaskError
+    ├── ConfigurationError         bad URL, unknown broker scheme, bad option
+    ├── SerializationError         (also a TypeError) arguments or results that are not JSON
+    ├── TaskNotFound               (also a KeyError) no task with this id
+    ├── BrokerUnavailable          the database cannot be reached (after retries)
+    └── WorkerError                the worker cannot go on
+
+Errors recorded on a task (not raised to callers) use these names as ``error["type"]``:
+``TaskTimeout``, ``WorkerLost``, ``ProcessDied``, ``UnknownTask``, ``PayloadError``.
+"""
+
+from __future__ import annotations
+
+
+class LiteTaskError(Exception):
+    """Root of every error raised by litetask_async."""
+
+
+class ConfigurationError(LiteTaskError, ValueError):
+    """The app or broker was configured wrongly (for example an unknown URL scheme)."""
+
+
+class SerializationError(LiteTaskError, TypeError):
+    """Task arguments or a result cannot be stored as JSON."""
+
+
+class TaskNotFound(LiteTaskError, KeyError):
+    """No task with the given id exists."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not found"
+
+
+class BrokerUnavailable(LiteTaskError, ConnectionError):
+    """The broker's database could not be reached."""
+
+
+class WorkerError(LiteTaskError, RuntimeError):
+    """The worker cannot go on (for example a side task crashed)."""
+
+
+class TaskTimeout(LiteTaskError, TimeoutError):
+    """A task ran longer than its ``timeout``; recorded as the task's error."""

@@ -1,0 +1,284 @@
+"""Running plain ``def`` tasks in a process pool that can kill one task.
+
+A ``ProcessPoolExecutor`` cannot stop a task once it started (arq #395). So when a pool task
+times out or is cancelled, its process is killed. That breaks the pool: every other future in it
+fails with ``BrokenProcessPool``. We then build a new pool and submit the innocent tasks again
+(their processes were only terminated by the executor's clean-up); a task whose own process died
+(killed from outside, segfault, ``os._exit``) gets a :class:`ProcessDied` error for that attempt.
+
+Children report "started (pid)" and progress through a multiprocessing queue, one queue per pool
+generation: a process killed while writing may leave a queue's lock held, so a broken pool's queue
+is dropped with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import multiprocessing
+import multiprocessing.context
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from .progress import TaskProgress
+
+log = logging.getLogger("litetask_async.executor")
+
+
+class ProcessDied(Exception):
+    """The pool process running a task died (killed, crashed) before the task returned."""
+
+
+class ChildError(Exception):
+    """An exception raised by a task inside a pool process, carried back as text."""
+
+    def __init__(self, type_name: str, message: str, tb: str, original: BaseException | None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = tb
+        self.original = original
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChildError, (self.type_name, self.message, self.traceback, self.original))
+
+
+# --- the child side ---------------------------------------------------------------------------
+
+_child_queue: Any = None
+
+
+def _child_init(q: Any) -> None:
+    global _child_queue
+    _child_queue = q
+    # Ctrl-C in a terminal reaches the whole process group; the worker decides what to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _child_progress(task_id: str, pct: int) -> None:
+    _child_queue.put(("progress", task_id, pct))
+
+
+def resolve_task(module_name: str, attr: str) -> Any:
+    """Find a registered task (or plain function) by module and name, in this process."""
+    module = sys.modules.get(module_name) or importlib.import_module(module_name)
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _child_run(task_id: str, module_name: str, attr: str, args_json: str, kwargs_json: str) -> str:
+    _child_queue.put(("start", task_id, os.getpid()))
+    from .tasks import Task, encode_result
+
+    try:
+        task = resolve_task(module_name, attr)
+        if not isinstance(task, Task):
+            raise TypeError(f"{module_name}.{attr} is not a task registered with @app.task")
+        args, kwargs = task.decode_arguments(args_json, kwargs_json)
+        result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
+        return encode_result(task.name, result)
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            # Kept only if it survives the trip back; many exceptions cannot be rebuilt.
+            pickle.loads(pickle.dumps(exc))
+            original: BaseException | None = exc
+        except Exception:
+            original = None
+        raise ChildError(type(exc).__name__, str(exc), tb, original) from None
+
+
+# --- the parent side --------------------------------------------------------------------------
+
+
+@dataclass
+class _Generation:
+    pool: ProcessPoolExecutor
+    queue: Any
+    number: int
+    reader: threading.Thread | None = None
+    broken: bool = False
+
+
+@dataclass
+class _Job:
+    task_id: str
+    pid: int | None = None
+    process: Any = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_when_started: bool = False
+    killed: bool = False
+
+
+class ProcessRunner:
+    """Runs sync tasks in a pool of ``processes`` processes; kill one task without losing others."""
+
+    def __init__(
+        self,
+        processes: int,
+        on_progress: Callable[[str, int], None],
+        on_pid: Callable[[str, int], None],
+    ) -> None:
+        self.processes = processes
+        self._on_progress = on_progress
+        self._on_pid = on_pid
+        # spawn, not fork (the worker has threads) nor forkserver (its children are not ours, so
+        # their exit codes, which tell a crashed task from an innocent one, cannot be read).
+        self._ctx = multiprocessing.get_context("spawn")
+        self._gen: _Generation | None = None
+        self._numbers = 0
+        self._jobs: dict[str, _Job] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.rebuilds = 0
+
+    def _generation(self) -> _Generation:
+        if self._gen is None or self._gen.broken:
+            if self._gen is not None:
+                self._retire(self._gen)
+            self._loop = asyncio.get_running_loop()
+            q = self._ctx.Queue()
+            self._numbers += 1
+            pool = ProcessPoolExecutor(self.processes, mp_context=self._ctx,
+                                       initializer=_child_init, initargs=(q,))
+            gen = _Generation(pool, q, self._numbers)
+            gen.reader = threading.Thread(target=self._read, args=(gen,), daemon=True,
+                                          name=f"litetask-pool-reader-{gen.number}")
+            gen.reader.start()
+            self._gen = gen
+        return self._gen
+
+    def _read(self, gen: _Generation) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                msg = gen.queue.get()
+            except (EOFError, OSError, ValueError):
+                return
+            if msg is None:
+                return
+            try:
+                loop.call_soon_threadsafe(self._handle, gen, msg)
+            except RuntimeError:
+                return
+
+    def _handle(self, gen: _Generation, msg: tuple[Any, ...]) -> None:
+        kind, task_id, value = msg
+        job = self._jobs.get(task_id)
+        if kind == "progress":
+            self._on_progress(task_id, value)
+            return
+        if job is None:
+            return
+        job.pid = value
+        job.process = gen.pool._processes.get(value) if gen.pool._processes else None
+        job.started.set()
+        self._on_pid(task_id, value)
+        if job.kill_when_started:
+            self._kill(job)
+
+    def _kill(self, job: _Job) -> None:
+        if job.pid is None:
+            job.kill_when_started = True
+            return
+        job.killed = True
+        try:
+            os.kill(job.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    async def run(self, task_id: str, module_name: str, attr: str, args_json: str,
+                  kwargs_json: str, timeout: float | None) -> str:
+        """Run one task; returns its result JSON. Cancelling the caller kills the task's process.
+
+        ``timeout`` counts from the moment a process starts the task (not while it waits for a
+        free process); on expiry the process is killed and ``TimeoutError`` is raised.
+        """
+        job = self._jobs[task_id] = _Job(task_id)
+        try:
+            while True:
+                gen = self._generation()
+                fut: Future[str] = gen.pool.submit(_child_run, task_id, module_name, attr,
+                                                   args_json, kwargs_json)
+                afut = asyncio.wrap_future(fut)
+                afut.add_done_callback(_consume)
+                try:
+                    if timeout is None:
+                        return await asyncio.shield(afut)
+                    waiter = asyncio.ensure_future(job.started.wait())
+                    try:
+                        await asyncio.wait({afut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                    if afut.done():
+                        return afut.result()
+                    try:
+                        return await asyncio.wait_for(asyncio.shield(afut), timeout)
+                    except asyncio.TimeoutError:
+                        self._kill(job)
+                        raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed") from None
+                except BrokenProcessPool:
+                    gen.broken = True
+                    if job.killed:
+                        raise ProcessDied("the task's process was killed") from None
+                    exitcode = job.process.exitcode if job.process is not None else None
+                    if exitcode is not None and exitcode != -signal.SIGTERM:
+                        raise ProcessDied(_describe_exit(exitcode)) from None
+                    # Innocent: queued, or terminated only because another process broke the pool.
+                    self.rebuilds += gen.number == self._numbers
+                    job.pid = job.process = None
+                    job.started.clear()
+                    continue
+                except asyncio.CancelledError:
+                    if not fut.cancel():
+                        self._kill(job)
+                    raise
+        finally:
+            self._jobs.pop(task_id, None)
+
+    def shutdown(self) -> None:
+        """Stop the pool; running tasks' processes are killed."""
+        gen, self._gen = self._gen, None
+        if gen is None:
+            return
+        for job in list(self._jobs.values()):
+            self._kill(job)
+        gen.pool.shutdown(wait=True, cancel_futures=True)
+        self._retire(gen)
+
+    @staticmethod
+    def _retire(gen: _Generation) -> None:
+        gen.pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            gen.queue.put(None)
+        with contextlib.suppress(Exception):
+            gen.queue.close()
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen (a killed task's future fails after we moved on)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _describe_exit(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = str(-exitcode)
+        return f"the task's process died from signal {name}"
+    return f"the task's process exited with code {exitcode}"

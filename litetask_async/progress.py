@@ -1,0 +1,38 @@
+"""TaskProgress: the handle a task uses to report how far it got."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class TaskProgress:
+    """Injected into a task that has a parameter annotated ``TaskProgress``.
+
+    ``progress.set(40)`` stores 40 % as the task's ``progress``. Writes are coalesced by the worker,
+    so calling it often is cheap. Works the same in async tasks and in process-pool tasks.
+    """
+
+    __slots__ = ("task_id", "_sink", "_value")
+
+    def __init__(self, task_id: str, sink: Callable[[str, int], None]) -> None:
+        self.task_id = task_id
+        self._sink = sink
+        self._value = 0
+
+    @property
+    def value(self) -> int:
+        """The last percentage set by this task (0 to 100)."""
+        return self._value
+
+    def set(self, percentage: float) -> None:
+        """Record ``percentage`` (clamped to 0..100) as the task's progress."""
+        try:
+            pct = int(max(0, min(100, percentage)))
+        except TypeError:
+            raise TypeError(f"progress must be a number from 0 to 100, got {percentage!r}") from None
+        if pct != self._value:
+            self._value = pct
+            self._sink(self.task_id, pct)
+
+    def __repr__(self) -> str:
+        return f"TaskProgress(task_id={self.task_id!r}, value={self._value})"

@@ -1,0 +1,125 @@
+"""The task record users read back, and the small value types the brokers exchange."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+
+class TaskStatus(str, enum.Enum):
+    """Lifecycle of a task: pending -> running -> completed | failed | cancelled.
+
+    A running task may also go back to pending (retry, rescue after its worker vanished,
+    or graceful shutdown). The three final states are never left.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for completed, failed and cancelled."""
+        return self in FINAL_STATUSES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def utc_from_timestamp(ts: float | None) -> datetime | None:
+    """Seconds since the epoch to an aware UTC datetime (None stays None)."""
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """Everything stored about one task.
+
+    ``result`` is the JSON-decoded return value (a returned model is stored as its dict).
+    ``error`` is None or a dict with ``type``, ``message`` and ``traceback``.
+    Timestamps are aware UTC datetimes.
+    """
+
+    id: str
+    name: str
+    status: TaskStatus
+    progress: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    pid: int | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 1
+    worker_id: str | None = None
+    heartbeat_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """True once the task is completed, failed or cancelled."""
+        return self.status.is_final
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task about to be stored: payloads are already JSON text."""
+
+    id: str
+    name: str
+    args_json: str
+    kwargs_json: str
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 1
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task a worker has just claimed (status running, attempts already incremented).
+
+    Payloads stay raw JSON text so that a payload that cannot be decoded fails only that task.
+    """
+
+    id: str
+    name: str
+    args_json: str
+    kwargs_json: str
+    attempts: int
+    max_attempts: int
+    queue: str = "default"
+
+
+class OutcomeKind(str, enum.Enum):
+    """What a worker reports when it is done with a claimed task."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY = "retry"  # back to pending after an error, runs again at run_at
+    RELEASE = "release"  # back to pending, interrupted by shutdown; the attempt is given back
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one attempt, as written back by the worker."""
+
+    task_id: str
+    worker_id: str
+    attempt: int
+    kind: OutcomeKind
+    result_json: str | None = None
+    error_json: str | None = None
+    pid: int | None = None
+    retry_delay: float | None = None  # seconds from now (the broker's clock) for RETRY

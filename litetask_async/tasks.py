@@ -1,0 +1,169 @@
+"""Task: a registered function, and the ways to enqueue it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .progress import TaskProgress
+from .records import NewTask
+from .serialization import dumps, is_model_class, rebuild, resolved_hints
+
+if TYPE_CHECKING:
+    from .app import LiteTask
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Call = tuple[Sequence[Any], dict[str, Any]]
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``.
+
+    Calling the task object runs the function directly, in the caller. ``delay``/``adelay`` store
+    it for a worker and return its id at once.
+    """
+
+    def __init__(
+        self,
+        app: LiteTask,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        timeout: float | None = None,
+        queue: str = "default",
+        priority: int = 0,
+    ) -> None:
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be a positive number of seconds")
+        self.app = app
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        self.retry_on = retry_on
+        self.timeout = timeout
+        self.queue = queue
+        self.priority = priority
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__qualname__ = getattr(fn, "__qualname__", self.name)
+        self.__module__ = fn.__module__
+        self.__wrapped__ = fn
+
+        sig = inspect.signature(fn)
+        hints = resolved_hints(fn)
+        self.progress_param: str | None = None
+        params = []
+        for pname, param in sig.parameters.items():
+            hint = hints.get(pname, param.annotation)
+            if hint is TaskProgress:
+                self.progress_param = pname
+                continue
+            params.append(param)
+        self._call_signature = sig.replace(parameters=params)
+        self._by_keyword = not any(
+            p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
+            for p in sig.parameters.values())
+        self._models = {p: hints[p] for p in sig.parameters if is_model_class(hints.get(p))}
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    # --- enqueue ---
+
+    def prepare(self, args: Sequence[Any], kwargs: dict[str, Any]) -> NewTask:
+        """Check the arguments against the signature and serialise them; nothing is stored."""
+        try:
+            self._call_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
+        return new_task(self.name, args, kwargs, queue=self.queue, priority=self.priority,
+                        max_attempts=self.retries + 1)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue from async code; returns the new task's id once it is stored."""
+        new = self.prepare(args, kwargs)
+        await self.app._enqueue([new])
+        return new.id
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Enqueue from sync code (also from threads); returns the new task's id once it is stored."""
+        new = self.prepare(args, kwargs)
+        self.app._call_sync(self.app._enqueue, [new])
+        return new.id
+
+    async def adelay_many(self, calls: Iterable[Call]) -> list[str]:
+        """Enqueue many calls, given as ``(args, kwargs)`` pairs, in one write; ids in order."""
+        news = [self.prepare(a, k) for a, k in calls]
+        await self.app._enqueue(news)
+        return [n.id for n in news]
+
+    def delay_many(self, calls: Iterable[Call]) -> list[str]:
+        """Sync twin of :meth:`adelay_many`."""
+        news = [self.prepare(a, k) for a, k in calls]
+        self.app._call_sync(self.app._enqueue, news)
+        return [n.id for n in news]
+
+    # --- run (used by the worker, and inside pool processes) ---
+
+    def decode_arguments(self, args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
+        """Stored JSON to call arguments, with models rebuilt from their dicts."""
+        args = json.loads(args_json)
+        kwargs = json.loads(kwargs_json)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("stored arguments are not a JSON list and object")
+        if self._models:
+            bound = self._call_signature.bind(*args, **kwargs)
+            for pname, tp in self._models.items():
+                if pname in bound.arguments:
+                    bound.arguments[pname] = rebuild(tp, bound.arguments[pname])
+            args, kwargs = list(bound.args), dict(bound.kwargs)
+        return args, kwargs
+
+    def invoke(self, args: list[Any], kwargs: dict[str, Any], progress: TaskProgress) -> Any:
+        """Call the function, injecting ``progress`` where it is asked for."""
+        if self.progress_param is None:
+            return self.fn(*args, **kwargs)
+        if self._by_keyword:
+            # Bind to the signature without the progress parameter, then call by name, so that
+            # a progress parameter placed before others does not shift positional arguments.
+            bound = self._call_signature.bind(*args, **kwargs)
+            named = dict(bound.arguments)
+            for pname, param in self._call_signature.parameters.items():
+                if param.kind is inspect.Parameter.VAR_KEYWORD and pname in named:
+                    named.update(named.pop(pname))
+            return self.fn(**named, **{self.progress_param: progress})
+        return self.fn(*args, **kwargs, **{self.progress_param: progress})
+
+
+def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: str = "default",
+             priority: int = 0, max_attempts: int = 1) -> NewTask:
+    """A new pending task with its arguments serialised (raises SerializationError)."""
+    return NewTask(
+        id=uuid.uuid4().hex,
+        name=name,
+        args_json=dumps(list(args), f"arguments of task {name!r}"),
+        kwargs_json=dumps(kwargs, f"keyword arguments of task {name!r}"),
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+    )
+
+
+def encode_result(task_name: str, value: Any) -> str:
+    """A task's return value as stored JSON (models as dicts)."""
+    return dumps(value, f"the result of task {task_name!r}")

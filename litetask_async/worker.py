@@ -1,0 +1,391 @@
+"""The worker: an asyncio loop that claims tasks and runs them.
+
+Side tasks, each named and watched (if one crashes, the worker stops instead of limping on):
+
+- ``heartbeat``: marks this worker's running tasks alive, and puts back tasks of workers that
+  stopped heartbeating (the rescue is one atomic statement, so exactly one worker rescues a task).
+- ``cancel-watch``: notices cancellations requested from other processes and stops those tasks.
+- ``flusher``: writes outcomes and progress in batches; on a database error it keeps them and
+  retries with backoff, so results computed during an outage are written when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .brokers.base import Broker, RunningUpdate, error_payload
+from .exceptions import SerializationError, WorkerError
+from .executor import ChildError, ProcessDied, ProcessRunner
+from .progress import TaskProgress
+from .records import ClaimedTask, Outcome, OutcomeKind
+from .tasks import Task, encode_result
+
+if TYPE_CHECKING:
+    from .app import LiteTask
+
+log = logging.getLogger("litetask_async.worker")
+
+
+@dataclass
+class _Running:
+    claimed: ClaimedTask
+    handle: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # "cancel" or "shutdown" once we decided to stop it
+    pid: int | None = None  # of the pool process running it
+
+
+class Worker:
+    """Claims tasks from the app's broker and runs them until stopped (SIGTERM/SIGINT or stop())."""
+
+    def __init__(
+        self,
+        app: LiteTask,
+        *,
+        concurrency: int = 8,
+        processes: int | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 30.0,
+        grace_period: float = 30.0,
+        max_rescues: int = 3,
+        poll_interval: float = 1.0,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if heartbeat_timeout <= heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be longer than heartbeat_interval")
+        self.app = app
+        self.concurrency = concurrency
+        self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.grace_period = grace_period
+        self.max_rescues = max_rescues
+        self.poll_interval = poll_interval
+        self.install_signal_handlers = install_signal_handlers
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pid = os.getpid()
+        self._running: dict[str, _Running] = {}
+        self._outcomes: list[Outcome] = []
+        self._progress: dict[str, RunningUpdate] = {}
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._pool: ProcessRunner | None = None
+        self._broker: Broker | None = None
+        self._signals = 0
+        self.processed = 0
+
+    # --- public control ---
+
+    def stop(self) -> None:
+        """Stop claiming; running tasks get the grace period. A second call stops them at once."""
+        self._signals += 1
+        if self._signals > 1:
+            self.grace_period = 0
+            for r in self._running.values():
+                self._interrupt(r, "shutdown")
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until stopped; returns once running tasks are finished or put back."""
+        self._broker = broker = await self.app.broker()
+        loop = asyncio.get_running_loop()
+        installed = self._install_signals(loop)
+        side = {
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._cancel_watch_loop(), name="cancel-watch"),
+        }
+        flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        claimer = asyncio.create_task(self._claim_loop(broker), name="claim")
+        log.info("worker %s started: concurrency %d, tasks %s", self.id, self.concurrency,
+                 ", ".join(sorted(self.app.tasks)) or "(none)")
+        crashed: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait({claimer, flusher, *side}, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    crashed = t.exception()
+                    log.error("worker side task %r crashed: %r; stopping", t.get_name(), crashed)
+            self._stopping.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claimer
+            await self._drain()
+        finally:
+            for t in side:
+                t.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+            self._stopping.set()
+            self._flush_wanted.set()
+            if not flusher.done():
+                await self._final_flush(flusher)
+            if self._pool is not None:
+                await asyncio.to_thread(self._pool.shutdown)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            log.info("worker %s stopped after %d tasks", self.id, self.processed)
+        if crashed is not None:
+            raise WorkerError(f"worker side task crashed: {crashed!r}") from crashed
+
+    # --- claiming ---
+
+    async def _claim_loop(self, broker: Broker) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_any(self._slot_freed.wait())
+                continue
+            try:
+                claimed = await broker.claim(self.id, self.pid, free)
+                backoff = 0.1
+            except Exception as exc:
+                log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                await self._wait_any(asyncio.sleep(backoff))
+                backoff = min(backoff * 2, 10.0)
+                continue
+            for c in claimed:
+                self._start(c)
+            if len(claimed) < free:
+                await self._wait_any(broker.wait_for_work(self.poll_interval))
+
+    async def _wait_any(self, aw: Awaitable[Any]) -> None:
+        """Wait for ``aw`` or for the stop signal, whichever comes first."""
+        inner = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({inner, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (inner, stop):
+                f.cancel()
+            await asyncio.gather(inner, stop, return_exceptions=True)
+
+    def _start(self, claimed: ClaimedTask) -> None:
+        r = _Running(claimed)
+        self._running[claimed.id] = r
+        r.handle = asyncio.create_task(self._execute(r), name=f"task:{claimed.name}:{claimed.id}")
+
+    # --- running one task ---
+
+    async def _execute(self, r: _Running) -> None:
+        c = r.claimed
+        try:
+            outcome = await self._attempt(r)
+        except BaseException as exc:  # a bug here must not lose the task
+            log.exception("internal error while running task %s", c.id)
+            outcome = self._outcome(c, OutcomeKind.FAILED, error_json=error_payload(exc, "InternalError"))
+        self._running.pop(c.id, None)
+        self._progress.pop(c.id, None)
+        self._outcomes.append(outcome)
+        self.processed += 1
+        self._flush_wanted.set()
+        self._slot_freed.set()
+
+    async def _attempt(self, r: _Running) -> Outcome:
+        c = r.claimed
+        task = self.app.tasks.get(c.name)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            return self._fail(c, None, "UnknownTask",
+                              f"no task named {c.name!r} is registered in this worker (known: {known})")
+        try:
+            if task.is_async:
+                args, kwargs = task.decode_arguments(c.args_json, c.kwargs_json)
+        except Exception as exc:
+            return self._fail(c, exc, "PayloadError", f"stored arguments cannot be decoded: {exc}")
+        try:
+            if task.is_async:
+                progress = TaskProgress(c.id, self._on_progress)
+                coro = task.invoke(args, kwargs, progress)
+                if task.timeout is None:
+                    value = await coro
+                else:
+                    try:
+                        value = await asyncio.wait_for(coro, task.timeout)
+                    except asyncio.TimeoutError:
+                        if r.stop_reason is not None:
+                            raise asyncio.CancelledError() from None
+                        raise TimeoutError(f"task ran longer than its timeout of {task.timeout:g}s "
+                                           "and was cancelled") from None
+                result_json = encode_result(task.name, value)
+            else:
+                result_json = await self._run_in_pool(task, c)
+        except asyncio.CancelledError:
+            if r.stop_reason == "cancel":
+                return self._outcome(c, OutcomeKind.CANCELLED, error_json=error_payload(
+                    None, "Cancelled", "the task was cancelled while running"))
+            if r.stop_reason == "shutdown":
+                return self._outcome(c, OutcomeKind.RELEASE)
+            raise
+        except SerializationError as exc:
+            return self._fail(c, exc, "SerializationError", str(exc), retry=False)
+        except TimeoutError as exc:
+            return self._fail(c, exc, "TaskTimeout", str(exc), task=task)
+        except ProcessDied as exc:
+            return self._fail(c, exc, "ProcessDied", str(exc), task=task)
+        except ChildError as exc:
+            if exc.type_name == "SerializationError":
+                return self._fail(c, None, "SerializationError", exc.message, retry=False, tb=exc.traceback)
+            return self._fail(c, exc.original, exc.type_name, exc.message, task=task, tb=exc.traceback)
+        except Exception as exc:
+            return self._fail(c, exc, type(exc).__name__, str(exc), task=task)
+        return self._outcome(c, OutcomeKind.COMPLETED, result_json=result_json)
+
+    async def _run_in_pool(self, task: Task[Any, Any], c: ClaimedTask) -> str:
+        if self._pool is None:
+            self._pool = ProcessRunner(self.processes, self._on_progress, self._on_pid)
+        attr = getattr(task.fn, "__qualname__", task.fn.__name__)
+        return await self._pool.run(c.id, task.fn.__module__, attr, c.args_json, c.kwargs_json,
+                                    task.timeout)
+
+    def _outcome(self, c: ClaimedTask, kind: OutcomeKind, **kw: Any) -> Outcome:
+        r = self._running.get(c.id)
+        return Outcome(task_id=c.id, worker_id=self.id, attempt=c.attempts, kind=kind,
+                       pid=r.pid if r is not None else None, **kw)
+
+    def _fail(self, c: ClaimedTask, exc: BaseException | None, type_name: str, message: str, *,
+              task: Task[Any, Any] | None = None, retry: bool = True, tb: str | None = None) -> Outcome:
+        err = error_payload(exc, type_name, message)
+        if tb is not None:
+            err = json.dumps({**json.loads(err), "traceback": tb})
+        if task is not None and retry and c.attempts < c.max_attempts and (
+                task.retry_on is None or (exc is not None and isinstance(exc, task.retry_on))):
+            delay = task.retry_backoff * (2 ** (c.attempts - 1)) * random.uniform(0.5, 1.0)
+            log.info("task %s (%s) failed on attempt %d, retrying in %.2fs: %s: %s",
+                     c.id, c.name, c.attempts, delay, type_name, message)
+            return self._outcome(c, OutcomeKind.RETRY, error_json=err, retry_delay=delay)
+        log.info("task %s (%s) failed: %s: %s", c.id, c.name, type_name, message)
+        return self._outcome(c, OutcomeKind.FAILED, error_json=err)
+
+    def _interrupt(self, r: _Running, reason: str) -> None:
+        if r.stop_reason is None:
+            r.stop_reason = reason
+        if r.handle is not None and not r.handle.done():
+            r.handle.cancel()
+
+    def _on_progress(self, task_id: str, pct: int) -> None:
+        if task_id in self._running:
+            prev = self._progress.get(task_id)
+            self._progress[task_id] = RunningUpdate(task_id, pct, prev.pid if prev else None)
+            self._flush_wanted.set()
+
+    def _on_pid(self, task_id: str, pid: int) -> None:
+        r = self._running.get(task_id)
+        if r is not None:
+            r.pid = pid
+            prev = self._progress.get(task_id)
+            self._progress[task_id] = RunningUpdate(task_id, prev.progress if prev else None, pid)
+            self._flush_wanted.set()
+
+    # --- side tasks ---
+
+    async def _heartbeat_loop(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            ids = list(self._running) + [o.task_id for o in self._outcomes]
+            try:
+                if ids:
+                    await broker.heartbeat(self.id, ids)
+                rescued = await broker.requeue_stalled(self.heartbeat_timeout, self.max_rescues)
+                if rescued:
+                    log.warning("took up %d task(s) of workers that stopped heartbeating: %s",
+                                len(rescued), ", ".join(rescued[:10]))
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _cancel_watch_loop(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        interval = min(1.0, self.heartbeat_interval)
+        while True:
+            await asyncio.sleep(interval)
+            if not self._running:
+                continue
+            try:
+                ids = await broker.cancel_requested(list(self._running))
+            except Exception as exc:
+                log.warning("checking for cancellations failed: %s", exc)
+                continue
+            for tid in ids:
+                r = self._running.get(tid)
+                if r is not None:
+                    log.info("cancelling running task %s on request", tid)
+                    self._interrupt(r, "cancel")
+
+    async def _flush_loop(self) -> None:
+        broker = self._broker
+        assert broker is not None
+        backoff = 0.1
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if not self._outcomes and not self._stopping.is_set():
+                await asyncio.sleep(0.2)  # coalesce progress-only writes
+            outcomes, self._outcomes = self._outcomes, []
+            updates = [u for tid, u in self._progress.items() if tid in self._running]
+            self._progress.clear()
+            try:
+                if updates:
+                    await broker.update_running(updates)
+                if outcomes:
+                    await broker.finish(outcomes)
+                backoff = 0.1
+            except Exception as exc:
+                log.warning("writing %d result(s) failed (%s); keeping them, retrying in %.1fs",
+                            len(outcomes), exc, backoff)
+                self._outcomes[:0] = outcomes
+                for u in updates:
+                    self._progress.setdefault(u.task_id, u)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                self._flush_wanted.set()
+                continue
+            if self._stopping.is_set() and not self._outcomes and not self._running:
+                return
+
+    async def _final_flush(self, flusher: asyncio.Task[None], limit: float = 60.0) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(flusher), limit)
+        except asyncio.TimeoutError:
+            flusher.cancel()
+            log.error("could not write %d result(s) before stopping; their tasks will be "
+                      "taken up again after the heartbeat timeout", len(self._outcomes))
+
+    async def _drain(self) -> None:
+        """After stop: let running tasks finish within the grace period, then put them back."""
+        handles = [r.handle for r in self._running.values() if r.handle is not None]
+        if handles:
+            log.info("stopping: waiting up to %gs for %d running task(s)", self.grace_period, len(handles))
+            await asyncio.wait(handles, timeout=self.grace_period)
+        for r in list(self._running.values()):
+            self._interrupt(r, "shutdown")
+        rest = [r.handle for r in self._running.values() if r.handle is not None]
+        if rest:
+            await asyncio.wait(rest)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
+        if not self.install_signal_handlers:
+            return []
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or not supported on this platform
+        return installed
+
