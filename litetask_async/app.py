@@ -62,7 +62,6 @@ class LiteTask:
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref.WeakKeyDictionary()
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._portal: BlockingPortal | None = None
-        self._portal_stop: concurrent.futures.Future[None] | None = None
         self._portal_pid = 0
         self._portal_lock = threading.Lock()
 
@@ -199,18 +198,17 @@ class LiteTask:
         with self._portal_lock:
             if self._portal is None or self._portal_pid != os.getpid():
                 ready: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
-                stop: concurrent.futures.Future[None] = concurrent.futures.Future()
 
                 async def serve() -> None:
                     async with BlockingPortal() as portal:
                         ready.set_result(portal)
-                        await anyio.to_thread.run_sync(stop.result)
-                        await self.aclose()
+                        await portal.sleep_until_stopped()
+                    await self.aclose()
 
+                # A daemon thread: an app never closed must not keep the interpreter alive.
                 threading.Thread(target=anyio.run, args=(serve,), daemon=True,
                                  name="litetask-sync-portal").start()
                 self._portal = ready.result()
-                self._portal_stop = stop
                 self._portal_pid = os.getpid()
             return self._portal
 
@@ -236,8 +234,7 @@ class LiteTask:
     def close(self) -> None:
         """Stop the background loop of the sync facade (it is restarted on next use)."""
         with self._portal_lock:
-            stop, self._portal_stop = self._portal_stop, None
-            self._portal = None
-        if stop is not None and not stop.done():
-            stop.set_result(None)
+            portal, self._portal = self._portal, None
+        if portal is not None and self._portal_pid == os.getpid():
+            portal.call(portal.stop)
 

@@ -79,14 +79,18 @@ def resolve_task(module_name: str, attr: str) -> Any:
     return obj
 
 
-def _child_run(task_id: str, module_name: str, attr: str, args_json: str, kwargs_json: str) -> str:
+def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: str,
+               kwargs_json: str) -> str:
     _child_queue.put(("start", task_id, os.getpid()))
     from .tasks import Task, encode_result
 
     try:
         task = resolve_task(module_name, attr)
         if not isinstance(task, Task):
-            raise TypeError(f"{module_name}.{attr} is not a task registered with @app.task")
+            if not callable(task):
+                raise TypeError(f"{module_name}.{attr} is not callable")
+            # Registered with app.task(fn) without rebinding the module's name: wrap it here.
+            task = Task(None, task, name=name)
         args, kwargs = task.decode_arguments(args_json, kwargs_json)
         result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
         return encode_result(task.name, result)
@@ -166,7 +170,7 @@ class ProcessRunner:
         while True:
             try:
                 msg = gen.queue.get()
-            except (EOFError, OSError, ValueError):
+            except (EOFError, OSError, ValueError, TypeError):
                 return
             if msg is None:
                 return
@@ -200,7 +204,7 @@ class ProcessRunner:
         except ProcessLookupError:
             pass
 
-    async def run(self, task_id: str, module_name: str, attr: str, args_json: str,
+    async def run(self, task_id: str, name: str, module_name: str, attr: str, args_json: str,
                   kwargs_json: str, timeout: float | None) -> str:
         """Run one task; returns its result JSON. Cancelling the caller kills the task's process.
 
@@ -211,7 +215,7 @@ class ProcessRunner:
         try:
             while True:
                 gen = self._generation()
-                fut: Future[str] = gen.pool.submit(_child_run, task_id, module_name, attr,
+                fut: Future[str] = gen.pool.submit(_child_run, task_id, name, module_name, attr,
                                                    args_json, kwargs_json)
                 afut = asyncio.wrap_future(fut)
                 afut.add_done_callback(_consume)
@@ -264,8 +268,10 @@ class ProcessRunner:
         gen.pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             gen.queue.put(None)
-        with contextlib.suppress(Exception):
-            gen.queue.close()
+        if gen.reader is not None:
+            gen.reader.join(timeout=1.0)
+            if not gen.reader.is_alive():
+                gen.queue.close()
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -30,7 +30,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: LiteTask,
+        app: LiteTask | None,
         fn: Callable[P, R],
         *,
         name: str | None = None,
@@ -94,28 +94,34 @@ class Task(Generic[P, R]):
         return new_task(self.name, args, kwargs, queue=self.queue, priority=self.priority,
                         max_attempts=self.retries + 1)
 
+    @property
+    def _app(self) -> LiteTask:
+        if self.app is None:
+            raise RuntimeError(f"task {self.name!r} is not registered with an app")
+        return self.app
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue from async code; returns the new task's id once it is stored."""
         new = self.prepare(args, kwargs)
-        await self.app._enqueue([new])
+        await self._app._enqueue([new])
         return new.id
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue from sync code (also from threads); returns the new task's id once it is stored."""
         new = self.prepare(args, kwargs)
-        self.app._call_sync(self.app._enqueue, [new])
+        self._app._call_sync(self._app._enqueue, [new])
         return new.id
 
     async def adelay_many(self, calls: Iterable[Call]) -> list[str]:
         """Enqueue many calls, given as ``(args, kwargs)`` pairs, in one write; ids in order."""
         news = [self.prepare(a, k) for a, k in calls]
-        await self.app._enqueue(news)
+        await self._app._enqueue(news)
         return [n.id for n in news]
 
     def delay_many(self, calls: Iterable[Call]) -> list[str]:
         """Sync twin of :meth:`adelay_many`."""
         news = [self.prepare(a, k) for a, k in calls]
-        self.app._call_sync(self.app._enqueue, news)
+        self._app._call_sync(self._app._enqueue, news)
         return [n.id for n in news]
 
     # --- run (used by the worker, and inside pool processes) ---

@@ -247,7 +247,7 @@ class Worker:
         if self._pool is None:
             self._pool = ProcessRunner(self.processes, self._on_progress, self._on_pid)
         attr = getattr(task.fn, "__qualname__", task.fn.__name__)
-        return await self._pool.run(c.id, task.fn.__module__, attr, c.args_json, c.kwargs_json,
+        return await self._pool.run(c.id, task.name, task.fn.__module__, attr, c.args_json, c.kwargs_json,
                                     task.timeout)
 
     def _outcome(self, c: ClaimedTask, kind: OutcomeKind, **kw: Any) -> Outcome:

@@ -70,6 +70,13 @@ def server(shared_server):
 
 def test_start_query_restart_stop():
     server = pg_server.PostgresServer().start()
+    try:
+        check_start_query_restart_stop(server)
+    finally:
+        server.cleanup()
+
+
+def check_start_query_restart_stop(server):
     url = server.url
     assert url.startswith("postgresql://postgres@127.0.0.1:")
     assert fetchval(url, "select 1") == 1

@@ -60,10 +60,9 @@ class SQLiteWriter:
         self.path = path
         self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"litetask-sqlite-writer:{path}", daemon=True)
-        self._ready = concurrent.futures.Future[None]()
-        self._thread.start()
-        self._ready.result()
+        self.ready = concurrent.futures.Future[None]()  # resolved once the schema is in place
         self.commits = 0  # how many transactions were committed (for benchmarks and tests)
+        self._thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -76,9 +75,11 @@ class SQLiteWriter:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self.submit(fn, *args))
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Finish the queued writes, then end the thread."""
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        if wait:
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         try:
@@ -88,10 +89,10 @@ class SQLiteWriter:
             for stmt in sql.SCHEMA:
                 self._with_retry(conn, lambda s=stmt: conn.execute(s))
         except BaseException as exc:
-            self._ready.set_exception(
+            self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
             return
-        self._ready.set_result(None)
+        self.ready.set_result(None)
         stop = False
         while not stop:
             item = self._queue.get()
@@ -161,18 +162,57 @@ class SQLiteWriter:
                 fut.set_result(value)
 
 
-_writers: dict[tuple[int, str], SQLiteWriter] = {}
-_writers_lock = threading.Lock()
+class _Shared:
+    """What all brokers of one process share for one file: the writer and one aiosqlite reader
+    (aiosqlite connections work from any event loop). Reference-counted by open brokers."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer = SQLiteWriter(path)
+        self.reader: concurrent.futures.Future[aiosqlite.Connection] | None = None
+        self.users = 0
+
+
+_shared: dict[tuple[int, str], _Shared] = {}
+_shared_lock = threading.Lock()
 
 
 def writer_for(path: str) -> SQLiteWriter:
     """The process's one writer for ``path`` (created on first use)."""
+    return _acquire(path, count=False).writer
+
+
+def _acquire(path: str, count: bool = True) -> _Shared:
     key = (os.getpid(), path)
-    with _writers_lock:
-        w = _writers.get(key)
-        if w is None or not w._thread.is_alive():
-            w = _writers[key] = SQLiteWriter(path)
-        return w
+    with _shared_lock:
+        sh = _shared.get(key)
+        if sh is None or not sh.writer._thread.is_alive():
+            sh = _shared[key] = _Shared(path)
+        sh.users += count
+        return sh
+
+
+def _release(sh: _Shared) -> aiosqlite.Connection | None:
+    """Drop one user; the last one stops the writer and gets the reader to close."""
+    with _shared_lock:
+        sh.users -= 1
+        if sh.users > 0:
+            return None
+        _shared.pop((os.getpid(), sh.path), None)
+    sh.writer.stop(wait=False)
+    if sh.reader is not None and sh.reader.done() and sh.reader.exception() is None:
+        return sh.reader.result()
+    return None
+
+
+async def _open_reader(path: str) -> aiosqlite.Connection:
+    reader = aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    # A reader left unclosed at exit must not keep the interpreter alive.
+    reader._thread.daemon = True
+    conn = await reader
+    conn.row_factory = aiosqlite.Row
+    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
 
 
 def path_from_url(url: str) -> str:
@@ -263,6 +303,7 @@ class SQLiteBroker(Broker):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_from_url(url)
+        self._shared: _Shared | None = None
         self._writer: SQLiteWriter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
@@ -275,22 +316,40 @@ class SQLiteBroker(Broker):
         return self._writer
 
     async def open(self) -> None:
-        if self._writer is not None:
+        if self._shared is not None:
             return
         parent = Path(self.path).parent
         if not parent.is_dir():
-            raise ConfigurationError(f"cannot open SQLite database {self.path!r}: directory {str(parent)!r} does not exist")
-        self._writer = await asyncio.to_thread(writer_for, self.path)
-        reader = aiosqlite.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        # A reader left unclosed at exit must not keep the interpreter alive.
-        reader._thread.daemon = True
-        self._reader = await reader
-        self._reader.row_factory = aiosqlite.Row
-        await self._reader.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            raise ConfigurationError(
+                f"cannot open SQLite database {self.path!r}: directory {str(parent)!r} does not exist")
+        sh = _acquire(self.path)
+        try:
+            await asyncio.wrap_future(sh.writer.ready)
+            with _shared_lock:
+                first = sh.reader is None
+                if first:
+                    sh.reader = concurrent.futures.Future()
+            assert sh.reader is not None
+            if first:
+                try:
+                    sh.reader.set_result(await _open_reader(self.path))
+                except BaseException as exc:
+                    sh.reader.set_exception(exc)
+            self._reader = await asyncio.wrap_future(sh.reader)
+        except BaseException:
+            await self._close_reader(_release(sh))
+            raise
+        self._shared = sh
+        self._writer = sh.writer
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        self._writer = None
+        sh, self._shared = self._shared, None
+        self._writer = self._reader = None
+        if sh is not None:
+            await self._close_reader(_release(sh))
+
+    @staticmethod
+    async def _close_reader(reader: aiosqlite.Connection | None) -> None:
         if reader is not None:
             await reader.close()
 

@@ -1,0 +1,152 @@
+"""Task functions shared by the tests. Plain functions: each test registers them on its own app
+with ``register(app)``; pool processes import them from here by name."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from litetask_async import LiteTask, TaskProgress
+
+
+@dataclass
+class AddInput:
+    a: int
+    b: int
+
+
+@dataclass
+class AddOutput:
+    sum: int
+
+
+class PAddInput(BaseModel):
+    a: int
+    b: int
+
+
+class PAddOutput(BaseModel):
+    sum: int
+
+
+class AsDictPoint:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def as_dict(self) -> dict[str, int]:
+        return {"x": self.x, "y": self.y}
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def aadd(a: int, b: int) -> int:
+    return a + b
+
+
+def add_models(data: AddInput) -> AddOutput:
+    assert isinstance(data, AddInput)
+    return AddOutput(sum=data.a + data.b)
+
+
+async def aadd_pydantic(data: PAddInput) -> PAddOutput:
+    assert isinstance(data, PAddInput)
+    return PAddOutput(sum=data.a + data.b)
+
+
+def norm(p: AsDictPoint) -> dict[str, Any]:
+    assert isinstance(p, AsDictPoint)
+    return {"norm2": p.x * p.x + p.y * p.y, "point": p}
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+async def agetpid() -> int:
+    return os.getpid()
+
+
+def sleep_pool(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+async def sleep_async(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def progress_pool(steps: int, pause: float, progress: TaskProgress) -> int:
+    for i in range(1, steps + 1):
+        time.sleep(pause)
+        progress.set(100 * i / steps)
+    return steps
+
+
+async def progress_async(progress: TaskProgress, steps: int, pause: float) -> int:
+    for i in range(1, steps + 1):
+        await asyncio.sleep(pause)
+        progress.set(100 * i / steps)
+    return steps
+
+
+def fail_pool(message: str) -> None:
+    raise ValueError(message)
+
+
+async def fail_async(message: str) -> None:
+    raise ValueError(message)
+
+
+def unserialisable_result() -> object:
+    return object()
+
+
+async def aunserialisable_result() -> object:
+    return {1, 2}
+
+
+def crash_pool(code: int) -> None:
+    os._exit(code)
+
+
+_flaky_calls: dict[str, int] = {}
+
+
+async def flaky_async(key: str, failures: int) -> int:
+    n = _flaky_calls[key] = _flaky_calls.get(key, 0) + 1
+    if n <= failures:
+        raise ConnectionError(f"flaky failure {n}")
+    return n
+
+
+def record_effect(path: str, n: int) -> int:
+    """Side effect for exactly-once checks: append one line per execution."""
+    with open(path, "a") as f:
+        f.write(f"{n}\n")
+    return n
+
+
+async def arecord_effect(path: str, n: int) -> int:
+    with open(path, "a") as f:
+        f.write(f"{n}\n")
+    return n
+
+
+def register(app: LiteTask) -> dict[str, Any]:
+    """Register every function above on ``app``; returns the tasks by function name."""
+    fns = [add, aadd, add_models, aadd_pydantic, norm, getpid, agetpid, sleep_pool, sleep_async,
+           progress_pool, progress_async, fail_pool, fail_async, unserialisable_result,
+           aunserialisable_result, crash_pool, record_effect, arecord_effect]
+    tasks = {fn.__name__: app.task(fn) for fn in fns}
+    tasks["flaky_async"] = app.task(flaky_async, retries=3, retry_backoff=0.01)
+    tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)
+    tasks["timeout_async"] = app.task(sleep_async, name="timeout_async", timeout=0.2)
+    return tasks
