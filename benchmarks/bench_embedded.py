@@ -1,0 +1,589 @@
+"""Embedded benchmark: litetask_async on SQLite and on memory, next to huey's SqliteHuey.
+
+    python benchmarks/bench_embedded.py [--n 2000] [--n-latency 200] [--json out.json]
+
+One run measures litetask_async on SQLite (a fresh file per phase in a temp dir), on memory
+(``memory://bench-<phase>``) and huey (``peer_huey.run_huey_benchmark``) and prints one table.
+Benchmarks never assert speed; the only checks are correctness ones (all tasks stored, none
+failed), which raise if the benchmark itself went wrong. See ``benchmarks/README.md`` for what
+each row means and how it maps onto huey's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if __package__:
+    from . import _bench_tasks as T
+else:  # run as a script: benchmarks/ is sys.path[0]
+    import _bench_tasks as T
+
+import litetask_async
+from litetask_async import LiteTask
+from litetask_async.brokers.sqlite import writer_for
+from litetask_async.worker import Worker
+
+CONCURRENT_ENQUEUES = 1000
+CONCURRENCY = 10  # worker concurrency in the processing and latency phases
+SYNC_THREADS = 8
+LOOP_CHECK_CALLS = 1000
+FASTPOLL_S = 0.002  # SQLiteBroker.poll_interval for the "fast poll" latency variant
+POLL_COMPLETION_S = 0.05  # how often the producer checks whether processing is finished
+FINAL = ("completed", "failed", "cancelled")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+class Backend:
+    """Where one phase stores its tasks: a fresh SQLite file or a fresh memory store."""
+
+    def __init__(self, kind: str, workdir: str) -> None:
+        self.kind = kind
+        self.workdir = workdir
+
+    def url(self, phase: str) -> str:
+        if self.kind == "memory":
+            return f"memory://bench-{phase}"
+        path = os.path.join(self.workdir, f"litetask_{phase}.db")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        return "sqlite:///" + path  # path is absolute: sqlite:////abs/path.db
+
+    @staticmethod
+    def path(url: str) -> str:
+        return url[len("sqlite:///"):]
+
+
+def _stop_writer(url: str) -> None:
+    """The SQLite writer thread of a path lives for the whole process; stop it after a phase."""
+    if url.startswith("sqlite"):
+        writer_for(Backend.path(url)).stop()
+
+
+def _sqlite_count(url: str, where: str = "1") -> int:
+    with sqlite3.connect(Backend.path(url), timeout=30) as conn:
+        return conn.execute(f"SELECT count(*) FROM litetask_tasks WHERE {where}").fetchone()[0]
+
+
+def _pct(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+@contextmanager
+def _count_new_event_loops() -> Iterator[list[int]]:
+    """Count calls of asyncio's new_event_loop (what asyncio.run / anyio.run use) meanwhile."""
+    counter = [0]
+    orig = asyncio.events.new_event_loop
+
+    def counting() -> asyncio.AbstractEventLoop:
+        counter[0] += 1
+        return orig()
+
+    asyncio.events.new_event_loop = counting  # type: ignore[assignment]
+    asyncio.new_event_loop = counting  # type: ignore[assignment]
+    try:
+        yield counter
+    finally:
+        asyncio.events.new_event_loop = orig  # type: ignore[assignment]
+        asyncio.new_event_loop = orig  # type: ignore[assignment]
+
+
+class WorkerProcess:
+    """A litetask worker in its own process (``_bench_tasks.worker_main``), for SQLite phases."""
+
+    def __init__(self, url: str, concurrency: int = CONCURRENCY, poll: float | None = None) -> None:
+        env = dict(os.environ, LITETASK_BENCH_URL=url)
+        code = f"import sys; sys.path.insert(0, {HERE!r}); import _bench_tasks as t; t.worker_main()"
+        argv = [sys.executable, "-c", code, str(concurrency)] + ([repr(poll)] if poll else [])
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, text=True)
+
+    def _expect(self, word: str) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != word:
+            self.stop()
+            raise RuntimeError(f"worker subprocess said {line!r}, expected {word!r}")
+
+    def wait_ready(self) -> None:
+        """Returns once the subprocess has imported everything (interpreter start not timed)."""
+        self._expect("ready")
+
+    def go(self) -> float:
+        """Tell it to start the worker; returns the wall-clock time at which we did."""
+        assert self.proc.stdin is not None
+        t0 = time.time()
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self._expect("started")
+        return t0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+
+
+# --------------------------------------------------------------------------------------------
+# enqueue phases
+# --------------------------------------------------------------------------------------------
+
+def bench_enqueue_one_sync(backend: Backend, n: int) -> dict[str, float]:
+    """n x ``task.delay()`` from a plain loop (the sync facade), plus the new-loop/thread check."""
+    url = backend.url("enqueue_one_sync")
+    app, tasks = T.make_app(url)
+    delay = tasks["noop_async"].delay
+    try:
+        app.get_task_sync("warm-up")  # starts the portal thread and opens its broker: not timed
+        threads_before = {t.ident for t in threading.enumerate()}
+        with _count_new_event_loops() as loops:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                delay()
+            dt = time.perf_counter() - t0
+        new_threads = [t.name for t in threading.enumerate() if t.ident not in threads_before]
+        if backend.kind == "sqlite" and _sqlite_count(url) != n:
+            raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
+    finally:
+        app.close()
+        _stop_writer(url)
+    return {
+        "enqueue_one_sync_per_s": n / dt,
+        "sync_delay_calls_checked": n,
+        "sync_delay_new_threads": len(new_threads),
+        "sync_delay_new_event_loops": loops[0],
+    }
+
+
+def bench_enqueue_one_async(backend: Backend, n: int) -> dict[str, float]:
+    """n x ``await task.adelay()`` one after the other in one coroutine."""
+    url = backend.url("enqueue_one_async")
+
+    async def run() -> float:
+        app, tasks = T.make_app(url)
+        adelay = tasks["noop_async"].adelay
+        await app.broker()  # open before timing (huey's connection is opened untimed too)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await adelay()
+        dt = time.perf_counter() - t0
+        await app.aclose()
+        return dt
+
+    try:
+        dt = asyncio.run(run())
+        if backend.kind == "sqlite" and _sqlite_count(url) != n:
+            raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
+    finally:
+        _stop_writer(url)
+    return {"enqueue_one_async_per_s": n / dt}
+
+
+def bench_enqueue_concurrent(backend: Backend, n: int = CONCURRENT_ENQUEUES) -> dict[str, float]:
+    """n concurrent ``adelay()`` calls (``asyncio.gather``); for SQLite also the commits spent."""
+    url = backend.url("enqueue_concurrent")
+
+    async def run() -> tuple[float, int | None]:
+        app, tasks = T.make_app(url)
+        adelay = tasks["noop_async"].adelay
+        await app.broker()
+        writer = writer_for(Backend.path(url)) if backend.kind == "sqlite" else None
+        c0 = writer.commits if writer else 0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(adelay() for _ in range(n)))
+        dt = time.perf_counter() - t0
+        commits = writer.commits - c0 if writer else None
+        await app.aclose()
+        return dt, commits
+
+    try:
+        dt, commits = asyncio.run(run())
+        if backend.kind == "sqlite" and _sqlite_count(url) != n:
+            raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
+    finally:
+        _stop_writer(url)
+    out: dict[str, float] = {"enqueue_concurrent_per_s": n / dt}
+    if commits is not None:
+        out["enqueue_concurrent_commits"] = commits
+    return out
+
+
+def bench_enqueue_threads(backend: Backend, n: int, threads: int = SYNC_THREADS) -> dict[str, float]:
+    """n ``delay()`` calls split over ``threads`` threads started together (one shared portal)."""
+    url = backend.url("enqueue_threads")
+    app, tasks = T.make_app(url)
+    delay = tasks["noop_async"].delay
+    per = n // threads
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        barrier.wait()
+        try:
+            for _ in range(per):
+                delay()
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        app.get_task_sync("warm-up")
+        pool = [threading.Thread(target=body) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in pool:
+            t.join()
+        dt = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        if backend.kind == "sqlite" and _sqlite_count(url) != per * threads:
+            raise RuntimeError(f"expected {per * threads} stored tasks, found {_sqlite_count(url)}")
+    finally:
+        app.close()
+        _stop_writer(url)
+    return {"enqueue_threads8_sync_per_s": per * threads / dt}
+
+
+# --------------------------------------------------------------------------------------------
+# processing phases
+# --------------------------------------------------------------------------------------------
+
+async def _wait_all_final_memory(app: LiteTask, ids: list[str], timeout: float) -> float:
+    """Wait until every task is final (cheap: tasks finish roughly in order, so only the first
+    unfinished one is re-read each round); returns the latest ``finished_at`` (epoch s)."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while i < len(ids):
+        rec = await app.get_task(ids[i])
+        if rec is not None and rec.is_final:
+            i += 1
+            continue
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {i}/{len(ids)} tasks finished after {timeout}s")
+        await asyncio.sleep(0.01)
+    last = 0.0
+    for tid in ids:  # after the fact, not timed
+        rec = await app.get_task(tid)
+        assert rec is not None and rec.finished_at is not None
+        if rec.status.value != "completed":
+            raise RuntimeError(f"task {tid} ended {rec.status.value}: {rec.error}")
+        last = max(last, rec.finished_at.timestamp())
+    return last
+
+
+def _wait_all_final_sqlite(url: str, n: int, timeout: float) -> float:
+    """Poll a COUNT on the file every 50 ms; returns max(finished_at) (exact end, not the poll)."""
+    deadline = time.monotonic() + timeout
+    conn = sqlite3.connect(Backend.path(url), timeout=30)
+    try:
+        marks = ",".join("?" * len(FINAL))
+        while True:
+            done = conn.execute(f"SELECT count(*) FROM litetask_tasks WHERE status IN ({marks})",
+                                FINAL).fetchone()[0]
+            if done >= n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {done}/{n} tasks finished after {timeout}s")
+            time.sleep(POLL_COMPLETION_S)
+        last, bad = conn.execute(
+            "SELECT max(finished_at), sum(status != 'completed') FROM litetask_tasks").fetchone()
+        if bad:
+            err = conn.execute("SELECT error FROM litetask_tasks WHERE status != 'completed' LIMIT 1").fetchone()
+            raise RuntimeError(f"{bad} task(s) did not complete; first error: {err[0]}")
+        return float(last)
+    finally:
+        conn.close()
+
+
+def bench_process(backend: Backend, n: int, task_key: str, metric: str) -> dict[str, float]:
+    """n tasks pre-enqueued with ``adelay_many``, then ONE worker (concurrency 10) runs them.
+
+    Timed from telling the worker to start until the last task's ``finished_at`` (the moment its
+    outcome was written). SQLite: the worker is a subprocess (its own event loop and GIL; its
+    interpreter start-up and imports are not timed, its broker open and pool start are).
+    Memory: the worker is an asyncio task on the producer's loop (a memory store cannot be shared
+    across processes); the producer is idle meanwhile except for a cheap completion check.
+    """
+    url = backend.url(metric.replace("_per_s", ""))
+    timeout = max(60.0, n / 20)
+
+    if backend.kind == "sqlite":
+        wp = WorkerProcess(url)  # starts importing while we enqueue
+
+        async def enqueue() -> None:
+            app, tasks = T.make_app(url)
+            await tasks[task_key].adelay_many([((), {})] * n)
+            await app.aclose()
+
+        try:
+            asyncio.run(enqueue())
+            _stop_writer(url)
+            if _sqlite_count(url, "status = 'pending'") != n:
+                raise RuntimeError("pre-enqueue failed")
+            wp.wait_ready()
+            t0 = wp.go()
+            last = _wait_all_final_sqlite(url, n, timeout)
+        finally:
+            wp.stop()
+        return {metric: n / (last - t0)}
+
+    async def run() -> float:
+        app, tasks = T.make_app(url)
+        ids = await tasks[task_key].adelay_many([((), {})] * n)
+        worker = Worker(app, concurrency=CONCURRENCY, install_signal_handlers=False)
+        t0 = time.time()
+        running = asyncio.create_task(worker.run())
+        try:
+            last = await _wait_all_final_memory(app, ids, timeout)
+        finally:
+            worker.stop()
+            await running
+            await app.aclose()
+        return n / (last - t0)
+
+    return {metric: asyncio.run(run())}
+
+
+# --------------------------------------------------------------------------------------------
+# latency
+# --------------------------------------------------------------------------------------------
+
+async def _probe_loop(app: LiteTask, probe: Any, n: int, warmup: int = 3) -> list[float]:
+    lat = []
+    for i in range(warmup + n):
+        t0 = time.time()
+        tid = await probe.adelay()
+        rec = await app.wait(tid, timeout=30)
+        if rec.status.value != "completed":
+            raise RuntimeError(f"latency probe ended {rec.status.value}: {rec.error}")
+        if i >= warmup:
+            lat.append((float(rec.result) - t0) * 1000.0)
+    return lat
+
+
+def bench_latency(backend: Backend, n: int, poll: float | None = None,
+                  prefix: str = "latency") -> dict[str, float]:
+    """Enqueue-to-start over n sequential probes with a running worker.
+
+    SQLite: worker in a separate process (``poll`` overrides its idle data_version poll).
+    Memory: worker as an asyncio task on the producer's loop (wake-ups are pushed).
+    """
+    url = backend.url(prefix)
+
+    async def run(worker_in_loop: bool) -> list[float]:
+        app, tasks = T.make_app(url)
+        await app.broker()
+        worker = running = None
+        if worker_in_loop:
+            worker = Worker(app, concurrency=CONCURRENCY, install_signal_handlers=False)
+            running = asyncio.create_task(worker.run())
+        try:
+            return await _probe_loop(app, tasks["record_start"], n)
+        finally:
+            if worker is not None and running is not None:
+                worker.stop()
+                await running
+            await app.aclose()
+
+    if backend.kind == "sqlite":
+        wp = WorkerProcess(url, poll=poll)
+        try:
+            wp.wait_ready()
+            wp.go()
+            lat = asyncio.run(run(False))
+        finally:
+            wp.stop()
+            _stop_writer(url)
+    else:
+        lat = asyncio.run(run(True))
+    return {f"{prefix}_p50_ms": _pct(lat, 50), f"{prefix}_p95_ms": _pct(lat, 95)}
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+# --------------------------------------------------------------------------------------------
+
+def run_litetask(kind: str, workdir: str, n: int, n_latency: int,
+                 log: Callable[[str], None]) -> dict[str, float]:
+    backend = Backend(kind, workdir)
+    out: dict[str, float] = {}
+    steps: list[tuple[str, Callable[[], dict[str, float]]]] = [
+        ("enqueue one (sync delay)", lambda: bench_enqueue_one_sync(backend, n)),
+        ("enqueue one (async adelay)", lambda: bench_enqueue_one_async(backend, n)),
+        ("enqueue concurrent", lambda: bench_enqueue_concurrent(backend)),
+        ("enqueue from 8 threads", lambda: bench_enqueue_threads(backend, n)),
+        ("process async no-ops", lambda: bench_process(backend, n, "noop_async", "process_noop_async_per_s")),
+        ("process pool no-ops", lambda: bench_process(backend, n, "noop_sync", "process_noop_pool_per_s")),
+        ("latency", lambda: bench_latency(backend, n_latency)),
+    ]
+    if kind == "sqlite":
+        steps.append(("latency, 2 ms poll", lambda: bench_latency(
+            backend, n_latency, poll=FASTPOLL_S, prefix="latency_fastpoll")))
+    for label, step in steps:
+        t0 = time.perf_counter()
+        out.update(step())
+        log(f"  litetask {kind:6s} {label:28s} {time.perf_counter() - t0:5.1f}s")
+    return out
+
+
+# rows: (metric, huey key or None, kind) -- kind "rate" (higher is better), "ms" (lower is
+# better) or "info" (no ratio).
+ROWS: list[tuple[str, str | None, str]] = [
+    ("enqueue_one_sync_per_s", "enqueue_one_per_s", "rate"),
+    ("enqueue_one_async_per_s", "enqueue_one_per_s", "rate"),       # huey: sync (no async API)
+    ("enqueue_concurrent_per_s", "enqueue_concurrent_per_s", "rate"),  # huey: 32 threads
+    ("enqueue_concurrent_commits", "enqueue_concurrent_commits", "info"),
+    ("enqueue_threads8_sync_per_s", None, "rate"),
+    ("sync_delay_new_threads", None, "info"),
+    ("sync_delay_new_event_loops", None, "info"),
+    ("process_noop_async_per_s", "process_noop_per_s", "rate"),     # huey: thread worker x1
+    ("process_noop_pool_per_s", "process_noop_process_per_s", "rate"),  # huey: 1 forked process
+    ("process_noop_thread8_per_s", "process_noop_thread8_per_s", "info"),  # huey only
+    ("latency_p50_ms", "latency_p50_ms", "ms"),
+    ("latency_p95_ms", "latency_p95_ms", "ms"),
+    ("latency_fastpoll_p50_ms", "latency_fastpoll_p50_ms", "ms"),
+    ("latency_fastpoll_p95_ms", "latency_fastpoll_p95_ms", "ms"),
+]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int) or float(v).is_integer():
+        return f"{int(v):d}"
+    return f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
+
+
+def render_table(lt_sqlite: dict[str, float], lt_memory: dict[str, float],
+                 huey: dict[str, float]) -> str:
+    head = ("metric", "litetask sqlite", "litetask memory", "huey sqlite",
+            "ratio lt-sqlite/huey (latency: huey/lt; >1 = litetask better)")
+    lines = []
+    for metric, hkey, kind in ROWS:
+        a, m = lt_sqlite.get(metric), lt_memory.get(metric)
+        h = huey.get(hkey) if hkey else None
+        ratio = "-"
+        if a and h and kind == "rate":
+            ratio = f"{a / h:.2f}x"
+        elif a and h and kind == "ms":
+            ratio = f"{h / a:.2f}x"
+        lines.append((metric, _fmt(a), _fmt(m), _fmt(h), ratio))
+    widths = [max(len(r[i]) for r in [head, *lines]) for i in range(4)]
+    out = ["  ".join([head[0].ljust(widths[0])] + [head[i].rjust(widths[i]) for i in (1, 2, 3)]
+                     + [head[4]])]
+    out.append("  ".join("-" * w for w in widths) + "  " + "-" * 12)
+    for r in lines:
+        out.append("  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in (1, 2, 3)]
+                             + [r[4].rjust(12)]))
+    return "\n".join(out)
+
+
+NOTES = """\
+huey has no asyncio API: its column shows its sync one-by-one enqueue in both enqueue_one rows,
+its 32-thread enqueue for enqueue_concurrent, a thread worker x1 for process_noop_async, one
+forked worker process for process_noop_pool. huey commits = 1 transaction per enqueue (by its
+code, not counted). latency: huey default poll (100 ms initial delay) vs litetask's 20 ms
+data_version poll; *_fastpoll: huey 1-5 ms poll vs litetask with SQLiteBroker.poll_interval=2 ms.
+process_noop_thread8 is huey only (8 worker threads), for reference."""
+
+
+def _git_state() -> dict[str, Any]:
+    root = os.path.dirname(HERE)
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "litetask_async"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": rev, "litetask_async_dirty": bool(diff),
+            "litetask_async_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="tasks per enqueue/processing phase")
+    ap.add_argument("--n-latency", type=int, default=200, help="sequential latency probes")
+    ap.add_argument("--json", metavar="PATH", help="also write all numbers to this JSON file")
+    ap.add_argument("--no-huey", action="store_true", help="skip the huey peer benchmark")
+    args = ap.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    workdir = tempfile.mkdtemp(prefix="litetask_bench_")
+    started = time.perf_counter()
+    try:
+        lt_sqlite = run_litetask("sqlite", workdir, args.n, args.n_latency, log)
+        lt_memory = run_litetask("memory", workdir, args.n, args.n_latency, log)
+        huey: dict[str, float] = {}
+        huey_version = None
+        if not args.no_huey:
+            if __package__:
+                from .peer_huey import run_huey_benchmark
+            else:
+                from peer_huey import run_huey_benchmark
+            import huey as huey_pkg
+
+            huey_version = huey_pkg.__version__
+            t0 = time.perf_counter()
+            huey = run_huey_benchmark(os.path.join(workdir, "huey"), n_tasks=args.n,
+                                      n_latency=args.n_latency)
+            huey["enqueue_concurrent_commits"] = 1000
+            log(f"  huey (peer_huey.run_huey_benchmark)         {time.perf_counter() - t0:5.1f}s")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    total = time.perf_counter() - started
+
+    env = {
+        "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+        "cpus": os.cpu_count(), "platform": platform.platform(),
+        "litetask_async": litetask_async.__version__, "huey": huey_version, **_git_state(),
+    }
+    print(f"litetask_async {env['litetask_async']} vs huey {huey_version} | python {env['python']}, "
+          f"SQLite {env['sqlite']}, {env['cpus']} CPUs | n={args.n}, concurrent={CONCURRENT_ENQUEUES}, "
+          f"latency probes={args.n_latency}, worker concurrency={CONCURRENCY} | total {total:.1f}s")
+    print(render_table(lt_sqlite, lt_memory, huey))
+    print(NOTES)
+    result = {"env": env, "params": {"n": args.n, "n_latency": args.n_latency,
+                                     "concurrent": CONCURRENT_ENQUEUES, "concurrency": CONCURRENCY,
+                                     "sync_threads": SYNC_THREADS, "fastpoll_s": FASTPOLL_S},
+              "litetask_sqlite": lt_sqlite, "litetask_memory": lt_memory, "huey_sqlite": huey,
+              "total_s": total}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The app served by worker subprocesses in the acceptance tests (URL from LITETASK_URL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from litetask_async import LiteTask
+
+app = LiteTask(os.environ.get("LITETASK_URL", "sqlite:///xproc.db"))
+
+
+def _effect(path: str, n: int) -> None:
+    # One short O_APPEND write per execution: lines from many processes never interleave.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{n} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.task
+async def effect_async(path: str, n: int) -> int:
+    _effect(path, n)
+    return n
+
+
+@app.task
+def effect_pool(path: str, n: int) -> int:
+    _effect(path, n)
+    return n
+
+
+@app.task
+async def slow_effect_async(path: str, n: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    _effect(path, n)
+    return n
+
+
+@app.task
+def slow_effect_pool(path: str, n: int, seconds: float) -> int:
+    time.sleep(seconds)
+    _effect(path, n)
+    return n
