@@ -7,7 +7,7 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
@@ -25,7 +25,7 @@ T = TypeVar("T")
 DEFAULT_URL = "sqlite:///litetask.db"
 
 
-def broker_factory(url: str) -> Callable[[], Broker]:
+def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
     """Check ``url`` and return a function that builds a broker for it."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
@@ -42,7 +42,10 @@ def broker_factory(url: str) -> Callable[[], Broker]:
         path_from_url(url)  # raises on a malformed URL now, not at first use
         return lambda: SQLiteBroker(url)
     if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
-        raise ConfigurationError("the PostgreSQL broker is not available yet in this version")
+        from .brokers.postgres import PostgresBroker, sqlalchemy_url
+
+        sqlalchemy_url(url)  # raises on a malformed URL now
+        return lambda: PostgresBroker(url, auto_migrate=auto_migrate)
     raise ConfigurationError(
         f"unknown broker URL scheme {scheme!r} in {url!r}; "
         "use 'sqlite:///path.db', 'sqlite+aiosqlite:///path.db', 'memory://' or 'postgresql://...'")
@@ -52,15 +55,20 @@ class LiteTask:
     """The app: register tasks with :meth:`task`, enqueue them, read them back, run workers.
 
     ``LiteTask()`` stores tasks in the SQLite file ``./litetask.db``. Other URLs:
-    ``sqlite:///path.db``, ``sqlite+aiosqlite:///path.db``, ``memory://`` (one process only).
+    ``sqlite:///path.db``, ``sqlite+aiosqlite:///path.db``, ``memory://`` (one process only),
+    ``postgresql://user:pw@host/db`` (also ``postgresql+asyncpg://``).
+
+    ``auto_migrate=False`` makes the PostgreSQL broker refuse to create or change its schema at
+    run time; apply it with ``litetask migrate`` or :meth:`migrate` at deployment instead.
     """
 
-    def __init__(self, url: str = DEFAULT_URL) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True) -> None:
         self.url = url
-        self._make_broker = broker_factory(url)
+        self._make_broker = broker_factory(url, auto_migrate)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref.WeakKeyDictionary()
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary[Broker, AsyncIterator[None]] = weakref.WeakKeyDictionary()
         self._portal: BlockingPortal | None = None
         self._portal_pid = 0
         self._portal_lock = threading.Lock()
@@ -118,11 +126,56 @@ class LiteTask:
                 b = self._make_broker()
                 await b.open()
                 self._brokers[loop] = b
+                await self._close_with_loop(b)
         return b
 
-    async def _enqueue(self, tasks: Sequence[NewTask]) -> None:
-        if tasks:
-            await (await self.broker()).enqueue(tasks)
+    async def _close_with_loop(self, broker: Broker) -> None:
+        """Close ``broker`` when its loop ends, even if nobody calls :meth:`aclose`.
+
+        ``asyncio.run`` finalises the loop's live async generators (``shutdown_asyncgens``)
+        before closing it; a started generator whose ``finally`` closes the broker is the one
+        hook a loop offers for that.
+        """
+        async def closer() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                if self._brokers.get(asyncio.get_running_loop()) is broker:
+                    self._brokers.pop(asyncio.get_running_loop(), None)
+                    await broker.close()
+
+        gen = closer()
+        await gen.__anext__()
+        self._closers[broker] = gen
+
+    async def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+        if not tasks:
+            return
+        broker = await self.broker()
+        if connection is None:
+            await broker.enqueue(tasks)
+            return
+        from .brokers.postgres import PostgresBroker
+
+        if not isinstance(broker, PostgresBroker):
+            raise ConfigurationError(
+                "enqueue inside the caller's transaction (connection=...) needs the PostgreSQL broker")
+        await broker.enqueue(tasks, connection=connection)
+
+    async def migrate(self) -> int:
+        """Create or upgrade the database schema; returns the schema version.
+
+        For PostgreSQL this is what ``litetask migrate`` runs at deployment; SQLite and memory
+        create their schema when first opened.
+        """
+        broker = self._make_broker()
+        from .brokers.postgres import PostgresBroker, migrate_database
+
+        if isinstance(broker, PostgresBroker):
+            return await migrate_database(self.url)
+        await broker.open()
+        await broker.close()
+        return 1
 
     # --- async API ---
 

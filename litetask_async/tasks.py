@@ -101,9 +101,14 @@ class Task(Generic[P, R]):
         return self.app
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue from async code; returns the new task's id once it is stored."""
+        """Enqueue from async code; returns the new task's id once it is stored.
+
+        ``connection=conn`` (an SQLAlchemy ``AsyncConnection``, PostgreSQL broker) writes the task
+        inside the caller's transaction: it exists, and workers see it, only once that commits.
+        """
+        connection = _pop_connection(kwargs)
         new = self.prepare(args, kwargs)
-        await self._app._enqueue([new])
+        await self._app._enqueue([new], connection)
         return new.id
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
@@ -112,10 +117,13 @@ class Task(Generic[P, R]):
         self._app._call_sync(self._app._enqueue, [new])
         return new.id
 
-    async def adelay_many(self, calls: Iterable[Call]) -> list[str]:
-        """Enqueue many calls, given as ``(args, kwargs)`` pairs, in one write; ids in order."""
+    async def adelay_many(self, calls: Iterable[Call], *, connection: Any = None) -> list[str]:
+        """Enqueue many calls, given as ``(args, kwargs)`` pairs, in one write; ids in order.
+
+        ``connection=`` as for :meth:`adelay`.
+        """
         news = [self.prepare(a, k) for a, k in calls]
-        await self._app._enqueue(news)
+        await self._app._enqueue(news, connection)
         return [n.id for n in news]
 
     def delay_many(self, calls: Iterable[Call]) -> list[str]:
@@ -132,8 +140,11 @@ class Task(Generic[P, R]):
         kwargs = json.loads(kwargs_json)
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("stored arguments are not a JSON list and object")
-        if self._models:
+        try:
             bound = self._call_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"stored arguments do not fit {self.name}{self._call_signature}: {exc}") from None
+        if self._models:
             for pname, tp in self._models.items():
                 if pname in bound.arguments:
                     bound.arguments[pname] = rebuild(tp, bound.arguments[pname])
@@ -154,6 +165,21 @@ class Task(Generic[P, R]):
                     named.update(named.pop(pname))
             return self.fn(**named, **{self.progress_param: progress})
         return self.fn(*args, **kwargs, **{self.progress_param: progress})
+
+
+def _pop_connection(kwargs: dict[str, Any]) -> Any:
+    """Take ``connection=`` out of the call's kwargs when it is an SQLAlchemy AsyncConnection
+    (a task's own parameter named ``connection`` with another value is left alone)."""
+    conn = kwargs.get("connection")
+    if conn is None:
+        return None
+    try:
+        from sqlalchemy.ext.asyncio import AsyncConnection
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(conn, AsyncConnection):
+        return kwargs.pop("connection")
+    return None
 
 
 def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: str = "default",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -10,9 +10,36 @@ from typing import Any
 import pytest
 
 from litetask_async import LiteTask
+from tests.pg_server import PostgresServer, create_database, get_postgres_url
 from litetask_async.worker import Worker
 
-BROKERS = ["memory", "sqlite"]
+BROKERS = ["memory", "sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def _postgres() -> Iterator[tuple[str, PostgresServer | None]]:
+    """A PostgreSQL server for the whole run: LITETASK_TEST_POSTGRES_URL, or an embedded one."""
+    url, server = get_postgres_url()
+    yield url, server
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(_postgres: tuple[str, PostgresServer | None]) -> str:
+    return _postgres[0]
+
+
+@pytest.fixture(scope="session")
+def postgres_server(_postgres: tuple[str, PostgresServer | None]) -> PostgresServer | None:
+    """The embedded server when we started it (for restart tests), None for an external URL."""
+    return _postgres[1]
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh, empty database on the test server."""
+    return create_database(postgres_server_url, f"litetask_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture
@@ -27,6 +54,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"memory://test-{uuid.uuid4().hex}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'tasks.db'}"
+    if kind == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
     raise AssertionError(kind)
 
 

@@ -1,0 +1,290 @@
+"""PostgreSQL broker: many workers on many machines against one database.
+
+- SQLAlchemy's async engine (asyncpg) holds one connection pool per event loop; hot paths run
+  their statement on the raw asyncpg connection (prepared statements are cached per connection).
+- Claims are one ``FOR UPDATE SKIP LOCKED`` statement; partial indexes keep them O(claimed rows).
+- Idle workers are woken by ``LISTEN/NOTIFY`` on a dedicated connection (re-established if lost),
+  with polling as a bounded fallback.
+- Schema: versioned migrations under an advisory lock, applied on first use unless the app was
+  created with ``auto_migrate=False`` (then run ``litetask migrate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
+from ..records import ClaimedTask, NewTask, Outcome, OutcomeKind, TaskRecord
+from . import postgres_sql as sql
+from .base import Broker, RunningUpdate, record_from_row, worker_lost_error
+
+log = logging.getLogger("litetask_async.postgres")
+
+_CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                      asyncpg.CannotConnectNowError, ConnectionError)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://``/``postgres://``/``postgresql+asyncpg://`` to SQLAlchemy's asyncpg URL."""
+    try:
+        u = make_url(url)
+    except Exception as exc:
+        raise ConfigurationError(f"not a valid PostgreSQL URL: {url!r} ({exc})") from None
+    if u.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        raise ConfigurationError(f"not a PostgreSQL URL (driver {u.drivername!r}): {url!r}")
+    return u.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The plain ``postgresql://`` DSN asyncpg wants, for the listener connection."""
+    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Bring the schema to the latest version; safe when many processes do it at once."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.MIGRATION_LOCK)
+        await conn.execute(sql.CREATE_META)
+        current = int(await conn.fetchval(sql.GET_VERSION) or 0)
+        for version in range(current + 1, sql.LATEST_VERSION + 1):
+            for stmt in sql.MIGRATIONS[version]:
+                await conn.execute(stmt)
+            await conn.execute(sql.SET_VERSION, str(version))
+            log.info("litetask schema migrated to version %d", version)
+        return sql.LATEST_VERSION
+
+
+async def migrate_database(url: str) -> int:
+    """Connect to ``url`` and apply pending migrations (``litetask migrate``)."""
+    try:
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=10)
+    except _CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(f"cannot connect to PostgreSQL to migrate: {exc}") from exc
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def schema_version(conn: asyncpg.Connection) -> int:
+    if not await conn.fetchval(sql.META_EXISTS):
+        return 0
+    return int(await conn.fetchval(sql.GET_VERSION) or 0)
+
+
+class PostgresBroker(Broker):
+    """Broker over PostgreSQL; see the module docstring."""
+
+    poll_interval = 1.0
+
+    def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:
+        self.url = url
+        self._sa_url = sqlalchemy_url(url)
+        self._dsn = asyncpg_dsn(url)
+        self.auto_migrate = auto_migrate
+        self.pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+        self._wake = asyncio.Event()
+        self._listener_task: asyncio.Task[None] | None = None
+        self._listening = False
+
+    # --- connections ---
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("broker is not open")
+        return self._engine
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """A raw asyncpg connection from the pool; connection failures become BrokerUnavailable."""
+        try:
+            async with self.engine.connect() as sa_conn:
+                raw = await sa_conn.get_raw_connection()
+                yield raw.driver_connection  # type: ignore[misc]
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"PostgreSQL at {self._redacted()} is unavailable: {exc}") from exc
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise BrokerUnavailable(f"PostgreSQL at {self._redacted()} is unavailable: {exc}") from exc
+            raise
+
+    def _redacted(self) -> str:
+        return make_url(self._sa_url).render_as_string(hide_password=True)
+
+    async def open(self) -> None:
+        if self._engine is not None:
+            return
+        self._engine = create_async_engine(
+            self._sa_url, pool_size=self.pool_size, max_overflow=self.pool_size,
+            pool_pre_ping=False, pool_recycle=1800,
+            connect_args={"timeout": 10, "command_timeout": 60,
+                          "server_settings": {"application_name": "litetask_async"}},
+        )
+        try:
+            async with self._conn() as conn:
+                if self.auto_migrate:
+                    await migrate(conn)
+                elif await schema_version(conn) < sql.LATEST_VERSION:
+                    raise ConfigurationError(
+                        "the litetask schema in this database is missing or old; run "
+                        "`litetask migrate` (or `await app.migrate()`), or create the app with auto_migrate=True")
+        except BaseException:
+            await self._engine.dispose()
+            self._engine = None
+            raise
+        self._listener_task = asyncio.create_task(self._listen_forever(), name="litetask-pg-listener")
+
+    async def close(self) -> None:
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def migrate(self) -> int:
+        """Apply pending schema migrations; returns the schema version."""
+        async with self._conn() as conn:
+            return await migrate(conn)
+
+    # --- LISTEN/NOTIFY ---
+
+    async def _listen_forever(self) -> None:
+        backoff = 0.5
+        while True:
+            lost = asyncio.Event()
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(sql.CHANNEL, self._on_notify)
+                self._listening = True
+                backoff = 0.5
+                self._wake.set()  # we may have missed notifications while reconnecting
+                while not lost.is_set():
+                    # A cheap liveness probe: a silently dropped connection is noticed here.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 10)
+                    if not lost.is_set():
+                        await asyncio.wait_for(conn.fetchval("SELECT 1"), 10)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+            finally:
+                self._listening = False
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _on_notify(self, *_args: Any) -> None:
+        self._wake.set()
+
+    async def wait_for_work(self, timeout: float) -> None:
+        if not self._listening:
+            timeout = min(timeout, self.poll_interval)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    # --- the contract ---
+
+    async def enqueue(self, tasks: Sequence[NewTask], connection: AsyncConnection | None = None) -> None:
+        if not tasks:
+            return
+        if connection is not None:
+            await connection.execute(text(sql.INSERT_ONE_SQLA), [
+                {"id": t.id, "name": t.name, "queue": t.queue, "priority": t.priority,
+                 "args": t.args_json, "kwargs": t.kwargs_json, "max_attempts": t.max_attempts}
+                for t in tasks])
+            return
+        async with self._conn() as conn:
+            await conn.execute(
+                sql.INSERT_MANY, [t.id for t in tasks], [t.name for t in tasks],
+                [t.queue for t in tasks], [t.priority for t in tasks], [t.args_json for t in tasks],
+                [t.kwargs_json for t in tasks], [t.max_attempts for t in tasks])
+
+    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.CLAIM, worker_id, pid, limit)
+        return [ClaimedTask(*row) for row in rows]
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
+        if not outcomes:
+            return []
+        cols: list[list[Any]] = [[] for _ in range(9)]
+        for o in outcomes:
+            pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
+            values = (o.task_id, "pending" if pending else o.kind.value, o.result_json, o.error_json,
+                      float(o.retry_delay or 0.0), 1 if o.kind is OutcomeKind.RELEASE else 0,
+                      o.pid, o.worker_id, o.attempt)
+            for col, v in zip(cols, values, strict=True):
+                col.append(v)
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.FINISH_MANY, *cols)
+            if any(r[1] == "pending" for r in rows):
+                await conn.execute(sql.NOTIFY, sql.CHANNEL)
+        return [r[0] for r in rows]
+
+    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
+        if not updates:
+            return
+        async with self._conn() as conn:
+            await conn.execute(sql.UPDATE_RUNNING, [u.task_id for u in updates],
+                               [u.progress for u in updates], [u.pid for u in updates])
+
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
+        async with self._conn() as conn:
+            await conn.execute(sql.HEARTBEAT, worker_id, list(task_ids))
+
+    async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.REQUEUE_STALLED, max_rescues,
+                                    worker_lost_error(timeout, max_rescues), float(timeout))
+            if any(r[1] == "pending" for r in rows):
+                await conn.execute(sql.NOTIFY, sql.CHANNEL)
+        return [r[0] for r in rows]
+
+    async def cancel_requested(self, task_ids: Sequence[str]) -> list[str]:
+        if not task_ids:
+            return []
+        async with self._conn() as conn:
+            return [r[0] for r in await conn.fetch(sql.CANCEL_REQUESTED, list(task_ids))]
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(sql.SELECT_ONE, task_id)
+        return None if row is None else record_from_row(dict(row))
+
+    async def cancel(self, task_id: str) -> bool:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(sql.CANCEL, task_id)
+        if not row["found"]:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return bool(row["changed"])
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, _CONNECTION_ERRORS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False

@@ -1,0 +1,200 @@
+"""Every SQL statement of the PostgreSQL broker, in one place.
+
+Times come from the database's clock (``now()``), so clock skew between machines does not
+matter. Statements use asyncpg's ``$n`` parameters; they run on the raw asyncpg connection
+checked out of SQLAlchemy's pool. Batch statements take arrays and ``unnest`` them, so a batch
+of any size is one round trip.
+"""
+
+CHANNEL = "litetask_tasks"
+
+# Serialises concurrent migrations of one database (any 64-bit constant, ours).
+MIGRATION_LOCK = 0x6C69746574736B31
+
+GET_VERSION = """
+SELECT value FROM litetask_meta WHERE key = 'schema_version'
+"""
+
+META_EXISTS = "SELECT to_regclass('litetask_meta') IS NOT NULL"
+
+CREATE_META = """
+CREATE TABLE IF NOT EXISTS litetask_meta (key text PRIMARY KEY, value text NOT NULL)
+"""
+
+SET_VERSION = """
+INSERT INTO litetask_meta (key, value) VALUES ('schema_version', $1)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+# Migration n brings the schema from version n-1 to n. Never edit a released one; add the next.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE litetask_tasks (
+            seq bigint GENERATED ALWAYS AS IDENTITY,
+            id text PRIMARY KEY,
+            name text NOT NULL,
+            queue text NOT NULL DEFAULT 'default',
+            priority integer NOT NULL DEFAULT 0,
+            status text NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+            progress smallint NOT NULL DEFAULT 0,
+            args jsonb NOT NULL,
+            kwargs jsonb NOT NULL,
+            result jsonb,
+            error jsonb,
+            pid integer,
+            attempts integer NOT NULL DEFAULT 0,
+            max_attempts integer NOT NULL DEFAULT 1,
+            rescues integer NOT NULL DEFAULT 0,
+            worker_id text,
+            cancel_requested boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            run_at timestamptz NOT NULL DEFAULT now(),
+            started_at timestamptz,
+            finished_at timestamptz,
+            heartbeat_at timestamptz
+        )
+        """,
+        # The claim reads only this index: pending rows in claim order. Finished rows, however
+        # many, are not in it.
+        """
+        CREATE INDEX litetask_tasks_pending ON litetask_tasks (priority DESC, seq)
+            WHERE status = 'pending'
+        """,
+        # The rescuer reads only this one: running rows by heartbeat age.
+        """
+        CREATE INDEX litetask_tasks_running ON litetask_tasks (heartbeat_at)
+            WHERE status = 'running'
+        """,
+        # One NOTIFY per INSERT statement (not per row), sent on commit, whoever inserts:
+        # a transactional enqueue wakes workers only once it is committed.
+        f"""
+        CREATE FUNCTION litetask_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{CHANNEL}', '');
+            RETURN NULL;
+        END $$
+        """,
+        """
+        CREATE TRIGGER litetask_tasks_notify AFTER INSERT ON litetask_tasks
+            FOR EACH STATEMENT EXECUTE FUNCTION litetask_notify()
+        """,
+    ),
+}
+
+LATEST_VERSION = max(MIGRATIONS)
+
+INSERT_MANY = """
+INSERT INTO litetask_tasks (id, name, queue, priority, args, kwargs, max_attempts)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::int[])
+"""
+
+# The same insert for a caller's SQLAlchemy connection (transactional enqueue): named params.
+INSERT_ONE_SQLA = """
+INSERT INTO litetask_tasks (id, name, queue, priority, args, kwargs, max_attempts)
+VALUES (:id, :name, :queue, :priority, CAST(:args AS jsonb), CAST(:kwargs AS jsonb), :max_attempts)
+"""
+
+CLAIM = """
+WITH picked AS (
+    SELECT id FROM litetask_tasks
+    WHERE status = 'pending' AND run_at <= now()
+    ORDER BY priority DESC, seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE litetask_tasks t
+SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
+    started_at = now(), heartbeat_at = now(), progress = 0
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue
+"""
+
+# Arrays, one element per outcome: id, new status, result, error, retry delay (s), attempts
+# given back, pid, worker, attempt. Applied only while the row is still that attempt's.
+FINISH_MANY = """
+UPDATE litetask_tasks t
+SET status = u.status,
+    result = coalesce(u.result::jsonb, t.result),
+    error = coalesce(u.error::jsonb, t.error),
+    finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END,
+    run_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.delay) ELSE t.run_at END,
+    max_attempts = t.max_attempts + u.giveback,
+    progress = CASE WHEN u.status = 'completed' THEN 100 ELSE t.progress END,
+    pid = coalesce(u.pid, t.pid),
+    worker_id = CASE WHEN u.status = 'pending' THEN NULL ELSE t.worker_id END,
+    heartbeat_at = CASE WHEN u.status = 'pending' THEN NULL ELSE t.heartbeat_at END,
+    cancel_requested = false
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::int[], $7::int[],
+            $8::text[], $9::int[])
+     AS u(id, status, result, error, delay, giveback, pid, worker, attempt)
+WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = u.worker AND t.attempts = u.attempt
+RETURNING t.id, u.status
+"""
+
+UPDATE_RUNNING = """
+UPDATE litetask_tasks t
+SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid)
+FROM unnest($1::text[], $2::int[], $3::int[]) AS u(id, progress, pid)
+WHERE t.id = u.id AND t.status = 'running'
+"""
+
+HEARTBEAT = """
+UPDATE litetask_tasks SET heartbeat_at = now()
+WHERE id = ANY($2::text[]) AND status = 'running' AND worker_id = $1
+"""
+
+# $1 max rescues, $2 lost-worker error, $3 timeout seconds. SKIP LOCKED: concurrent rescuers
+# split the stalled rows between them, so each is rescued exactly once.
+REQUEUE_STALLED = """
+WITH stalled AS (
+    SELECT id FROM litetask_tasks
+    WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $3)
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE litetask_tasks t
+SET status = CASE WHEN t.rescues < $1 THEN 'pending' ELSE 'failed' END,
+    max_attempts = t.max_attempts + CASE WHEN t.rescues < $1 THEN 1 ELSE 0 END,
+    error = CASE WHEN t.rescues < $1 THEN t.error ELSE $2::jsonb END,
+    finished_at = CASE WHEN t.rescues < $1 THEN NULL ELSE now() END,
+    run_at = now(),
+    rescues = t.rescues + 1,
+    worker_id = NULL,
+    heartbeat_at = NULL,
+    cancel_requested = false
+FROM stalled
+WHERE t.id = stalled.id
+RETURNING t.id, t.status
+"""
+
+CANCEL = """
+WITH p AS (
+    UPDATE litetask_tasks SET status = 'cancelled', finished_at = now()
+    WHERE id = $1 AND status = 'pending'
+    RETURNING 1
+), r AS (
+    UPDATE litetask_tasks SET cancel_requested = true
+    WHERE id = $1 AND status = 'running'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM r) AS changed,
+       (SELECT count(*) FROM litetask_tasks WHERE id = $1) AS found
+"""
+
+CANCEL_REQUESTED = """
+SELECT id FROM litetask_tasks WHERE id = ANY($1::text[]) AND cancel_requested
+"""
+
+SELECT_ONE = """
+SELECT id, name, queue, priority, status, progress, args::text AS args, kwargs::text AS kwargs,
+       result::text AS result, error::text AS error, pid, attempts, max_attempts, worker_id,
+       extract(epoch FROM created_at)::float8 AS created_at,
+       extract(epoch FROM started_at)::float8 AS started_at,
+       extract(epoch FROM finished_at)::float8 AS finished_at,
+       extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at
+FROM litetask_tasks WHERE id = $1
+"""
+
+NOTIFY = "SELECT pg_notify($1, '')"
