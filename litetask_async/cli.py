@@ -1,4 +1,4 @@
-"""The ``litetask`` command: ``litetask worker module:app [--concurrency 8]``."""
+"""The ``litetask`` command: ``litetask worker module:app [--concurrency 8]``, ``litetask migrate``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds running tasks get to finish on SIGTERM before they are put back")
     w.add_argument("--log-level", default="INFO")
+    m = sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
+    target = m.add_mutually_exclusive_group(required=True)
+    target.add_argument("--app", help="the app, as MODULE:APP")
+    target.add_argument("--url", help="the broker URL, e.g. postgresql://user@host/db")
+    m.add_argument("--log-level", default="INFO")
     return parser
 
 
@@ -62,6 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "migrate":
+            app = LiteTask(args.url) if args.url else load_app(args.app)
+            version = asyncio.run(app.migrate())
+            print(f"litetask schema is at version {version}")
+            return 0
         app = load_app(args.app)
         asyncio.run(app.run_worker(
             concurrency=args.concurrency, processes=args.processes,

@@ -199,10 +199,8 @@ class ProcessRunner:
             job.kill_when_started = True
             return
         job.killed = True
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(job.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     async def run(self, task_id: str, name: str, module_name: str, attr: str, args_json: str,
                   kwargs_json: str, timeout: float | None) -> str:
@@ -222,16 +220,16 @@ class ProcessRunner:
                 try:
                     if timeout is None:
                         return await asyncio.shield(afut)
-                    waiter = asyncio.ensure_future(job.started.wait())
+                    waiter: asyncio.Future[Any] = asyncio.ensure_future(job.started.wait())
                     try:
-                        await asyncio.wait({afut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait([afut, waiter], return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         waiter.cancel()
                     if afut.done():
                         return afut.result()
                     try:
                         return await asyncio.wait_for(asyncio.shield(afut), timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         self._kill(job)
                         raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed") from None
                 except BrokenProcessPool:

@@ -12,7 +12,7 @@ class TaskProgress:
     so calling it often is cheap. Works the same in async tasks and in process-pool tasks.
     """
 
-    __slots__ = ("task_id", "_sink", "_value")
+    __slots__ = ("_sink", "_value", "task_id")
 
     def __init__(self, task_id: str, sink: Callable[[str, int], None]) -> None:
         self.task_id = task_id

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Lifecycle of a task: pending -> running -> completed | failed | cancelled.
 
     A running task may also go back to pending (retry, rescue after its worker vanished,
@@ -35,7 +35,7 @@ FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.
 
 def utc_from_timestamp(ts: float | None) -> datetime | None:
     """Seconds since the epoch to an aware UTC datetime (None stays None)."""
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class ClaimedTask:
     queue: str = "default"
 
 
-class OutcomeKind(str, enum.Enum):
+class OutcomeKind(enum.StrEnum):
     """What a worker reports when it is done with a claimed task."""
 
     COMPLETED = "completed"

@@ -153,8 +153,9 @@ class Task(Generic[P, R]):
 
     def invoke(self, args: list[Any], kwargs: dict[str, Any], progress: TaskProgress) -> Any:
         """Call the function, injecting ``progress`` where it is asked for."""
+        fn: Callable[..., Any] = self.fn
         if self.progress_param is None:
-            return self.fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         if self._by_keyword:
             # Bind to the signature without the progress parameter, then call by name, so that
             # a progress parameter placed before others does not shift positional arguments.
@@ -163,8 +164,8 @@ class Task(Generic[P, R]):
             for pname, param in self._call_signature.parameters.items():
                 if param.kind is inspect.Parameter.VAR_KEYWORD and pname in named:
                     named.update(named.pop(pname))
-            return self.fn(**named, **{self.progress_param: progress})
-        return self.fn(*args, **kwargs, **{self.progress_param: progress})
+            return fn(**named, **{self.progress_param: progress})
+        return fn(*args, **kwargs, **{self.progress_param: progress})
 
 
 def _pop_connection(kwargs: dict[str, Any]) -> Any:

@@ -214,7 +214,7 @@ class Worker:
                 else:
                     try:
                         value = await asyncio.wait_for(coro, task.timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         if r.stop_reason is not None:
                             raise asyncio.CancelledError() from None
                         raise TimeoutError(f"task ran longer than its timeout of {task.timeout:g}s "
@@ -360,7 +360,7 @@ class Worker:
     async def _final_flush(self, flusher: asyncio.Task[None], limit: float = 60.0) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(flusher), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             flusher.cancel()
             log.error("could not write %d result(s) before stopping; their tasks will be "
                       "taken up again after the heartbeat timeout", len(self._outcomes))
@@ -380,7 +380,7 @@ class Worker:
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> list[int]:
         if not self.install_signal_handlers:
             return []
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.stop)

@@ -7,6 +7,7 @@ facade, the app's loop and a worker in the same process see the same tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -242,10 +243,8 @@ class MemoryBroker(Broker):
         if event is None:
             await asyncio.sleep(timeout)
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
         event.clear()
 
 

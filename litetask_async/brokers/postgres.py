@@ -169,7 +169,7 @@ class PostgresBroker(Broker):
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(sql.CHANNEL, self._on_notify)
                 self._listening = True
                 backoff = 0.5
@@ -274,6 +274,7 @@ class PostgresBroker(Broker):
     async def cancel(self, task_id: str) -> bool:
         async with self._conn() as conn:
             row = await conn.fetchrow(sql.CANCEL, task_id)
+        assert row is not None  # the statement always returns one row
         if not row["found"]:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return bool(row["changed"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -22,6 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,10 +86,8 @@ class SQLiteWriter:
     def _run(self) -> None:
         try:
             conn = _connect(self.path)
-            with conn:
-                pass
             for stmt in sql.SCHEMA:
-                self._with_retry(conn, lambda s=stmt: conn.execute(s))
+                self._with_retry(conn, partial(conn.execute, stmt))
         except BaseException as exc:
             self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
@@ -144,16 +144,13 @@ class SQLiteWriter:
             self.commits += 1
         except Exception as exc:
             if conn.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             err = BrokerUnavailable(f"SQLite write to {self.path} failed: {exc}")
             err.__cause__ = exc
             for _fn, _args, fut in batch:
-                if not fut.done():
-                    if fut.running() or fut.set_running_or_notify_cancel():
-                        fut.set_exception(err)
+                if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
+                    fut.set_exception(err)
             return
         for fut, value, error in results:
             if error is not None:
