@@ -39,6 +39,7 @@ app = LiteTask(URL)
 NOOP_ASYNC = "bench.noop_async"
 NOOP_SYNC = "bench.noop_sync"
 RECORD_START = "bench.record_start"
+RECORD_START_SYNC = "bench.record_start_sync"
 
 
 @app.task(name=NOOP_ASYNC)
@@ -59,6 +60,12 @@ async def record_start() -> float:
     return time.time()
 
 
+@app.task(name=RECORD_START_SYNC)
+def record_start_sync() -> float:
+    """Latency probe for the process-pool path: wall-clock start time, in a pool process."""
+    return time.time()
+
+
 def make_app(url: str) -> tuple[LiteTask, dict[str, Any]]:
     """A fresh app on ``url`` with the benchmark tasks registered under the same names.
 
@@ -70,6 +77,7 @@ def make_app(url: str) -> tuple[LiteTask, dict[str, Any]]:
         "noop_async": a.task(name=NOOP_ASYNC)(noop_async.fn),
         "noop_sync": a.task(name=NOOP_SYNC)(noop_sync.fn),
         "record_start": a.task(name=RECORD_START)(record_start.fn),
+        "record_start_sync": a.task(name=RECORD_START_SYNC)(record_start_sync.fn),
     }
     return a, tasks
 

@@ -30,16 +30,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import litetask_async
+from litetask_async import LiteTask
+from litetask_async.brokers.sqlite import writer_for
+from litetask_async.worker import Worker
+
 if __package__:
     from . import _bench_tasks as T
 else:  # run as a script: benchmarks/ is sys.path[0]
     import _bench_tasks as T
 
-import litetask_async
-from litetask_async import LiteTask
-from litetask_async.brokers.sqlite import writer_for
-from litetask_async.worker import Worker
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CONCURRENT_ENQUEUES = 1000
 CONCURRENCY = 10  # worker concurrency in the processing and latency phases
@@ -332,74 +333,109 @@ def bench_process(backend: Backend, n: int, task_key: str, metric: str) -> dict[
     interpreter start-up and imports are not timed, its broker open and pool start are).
     Memory: the worker is an asyncio task on the producer's loop (a memory store cannot be shared
     across processes); the producer is idle meanwhile except for a cheap completion check.
+
+    For the pool (``noop_sync``) one ``record_start_sync`` probe is enqueued first: its body's
+    start time splits the wall time into pool start-up (spawning the pool processes) and the
+    steady rate after it (reported as extra rows; the main metric still counts from the start).
     """
     url = backend.url(metric.replace("_per_s", ""))
     timeout = max(60.0, n / 20)
+    probe = task_key == "noop_sync"
+    out: dict[str, float] = {}
+
+    def split(t0: float, last: float, probe_start: float | None) -> None:
+        out[metric] = n / (last - t0)
+        if probe_start is not None:
+            out["process_pool_startup_s"] = probe_start - t0
+            out["process_noop_pool_after_startup_per_s"] = n / (last - probe_start)
+
+    async def enqueue(app: LiteTask, tasks: dict[str, Any]) -> tuple[str | None, list[str]]:
+        first = await tasks["record_start_sync"].adelay() if probe else None
+        return first, await tasks[task_key].adelay_many([((), {})] * n)
 
     if backend.kind == "sqlite":
         wp = WorkerProcess(url)  # starts importing while we enqueue
 
-        async def enqueue() -> None:
+        async def pre() -> str | None:
             app, tasks = T.make_app(url)
-            await tasks[task_key].adelay_many([((), {})] * n)
+            first, _ = await enqueue(app, tasks)
             await app.aclose()
+            return first
 
         try:
-            asyncio.run(enqueue())
+            first = asyncio.run(pre())
             _stop_writer(url)
-            if _sqlite_count(url, "status = 'pending'") != n:
+            total = n + (1 if probe else 0)
+            if _sqlite_count(url, "status = 'pending'") != total:
                 raise RuntimeError("pre-enqueue failed")
             wp.wait_ready()
             t0 = wp.go()
-            last = _wait_all_final_sqlite(url, n, timeout)
+            last = _wait_all_final_sqlite(url, total, timeout)
         finally:
             wp.stop()
-        return {metric: n / (last - t0)}
+        probe_start = None
+        if first is not None:
+            with sqlite3.connect(Backend.path(url)) as conn:
+                probe_start = float(json.loads(conn.execute(
+                    "SELECT result FROM litetask_tasks WHERE id = ?", (first,)).fetchone()[0]))
+        split(t0, last, probe_start)
+        return out
 
-    async def run() -> float:
+    async def run() -> None:
         app, tasks = T.make_app(url)
-        ids = await tasks[task_key].adelay_many([((), {})] * n)
+        first, ids = await enqueue(app, tasks)
         worker = Worker(app, concurrency=CONCURRENCY, install_signal_handlers=False)
         t0 = time.time()
         running = asyncio.create_task(worker.run())
         try:
-            last = await _wait_all_final_memory(app, ids, timeout)
+            last = await _wait_all_final_memory(app, ([first] if first else []) + ids, timeout)
+            probe_start = None
+            if first is not None:
+                rec = await app.get_task(first)
+                assert rec is not None
+                probe_start = float(rec.result)
         finally:
             worker.stop()
             await running
             await app.aclose()
-        return n / (last - t0)
+        split(t0, last, probe_start)
 
-    return {metric: asyncio.run(run())}
+    asyncio.run(run())
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # latency
 # --------------------------------------------------------------------------------------------
 
-async def _probe_loop(app: LiteTask, probe: Any, n: int, warmup: int = 3) -> list[float]:
-    lat = []
+async def _probe_loop(app: LiteTask, probe: Any, n: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+    """n sequential probes: returns (enqueue-to-start, start-to-outcome-stored) in ms."""
+    lat, lag = [], []
     for i in range(warmup + n):
         t0 = time.time()
         tid = await probe.adelay()
         rec = await app.wait(tid, timeout=30)
-        if rec.status.value != "completed":
+        if rec.status.value != "completed" or rec.finished_at is None:
             raise RuntimeError(f"latency probe ended {rec.status.value}: {rec.error}")
         if i >= warmup:
-            lat.append((float(rec.result) - t0) * 1000.0)
-    return lat
+            started = float(rec.result)
+            lat.append((started - t0) * 1000.0)
+            lag.append((rec.finished_at.timestamp() - started) * 1000.0)
+    return lat, lag
 
 
-def bench_latency(backend: Backend, n: int, poll: float | None = None,
-                  prefix: str = "latency") -> dict[str, float]:
-    """Enqueue-to-start over n sequential probes with a running worker.
+def bench_latency(backend: Backend, n: int, poll: float | None = None, prefix: str = "latency",
+                  probe_key: str = "record_start", lag_prefix: str | None = None) -> dict[str, float]:
+    """Enqueue-to-start over n sequential probes with a running, idle worker.
 
     SQLite: worker in a separate process (``poll`` overrides its idle data_version poll).
     Memory: worker as an asyncio task on the producer's loop (wake-ups are pushed).
+    ``lag_prefix``: also report start-to-outcome-stored (the probe's ``finished_at`` minus the
+    start time it returned), i.e. how long a finished task stays invisible to ``wait``.
     """
     url = backend.url(prefix)
 
-    async def run(worker_in_loop: bool) -> list[float]:
+    async def run(worker_in_loop: bool) -> tuple[list[float], list[float]]:
         app, tasks = T.make_app(url)
         await app.broker()
         worker = running = None
@@ -407,7 +443,7 @@ def bench_latency(backend: Backend, n: int, poll: float | None = None,
             worker = Worker(app, concurrency=CONCURRENCY, install_signal_handlers=False)
             running = asyncio.create_task(worker.run())
         try:
-            return await _probe_loop(app, tasks["record_start"], n)
+            return await _probe_loop(app, tasks[probe_key], n)
         finally:
             if worker is not None and running is not None:
                 worker.stop()
@@ -419,13 +455,17 @@ def bench_latency(backend: Backend, n: int, poll: float | None = None,
         try:
             wp.wait_ready()
             wp.go()
-            lat = asyncio.run(run(False))
+            lat, lag = asyncio.run(run(False))
         finally:
             wp.stop()
             _stop_writer(url)
     else:
-        lat = asyncio.run(run(True))
-    return {f"{prefix}_p50_ms": _pct(lat, 50), f"{prefix}_p95_ms": _pct(lat, 95)}
+        lat, lag = asyncio.run(run(True))
+    out = {f"{prefix}_p50_ms": _pct(lat, 50), f"{prefix}_p95_ms": _pct(lat, 95)}
+    if lag_prefix:
+        out[f"{lag_prefix}_p50_ms"] = _pct(lag, 50)
+        out[f"{lag_prefix}_p95_ms"] = _pct(lag, 95)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +483,10 @@ def run_litetask(kind: str, workdir: str, n: int, n_latency: int,
         ("enqueue from 8 threads", lambda: bench_enqueue_threads(backend, n)),
         ("process async no-ops", lambda: bench_process(backend, n, "noop_async", "process_noop_async_per_s")),
         ("process pool no-ops", lambda: bench_process(backend, n, "noop_sync", "process_noop_pool_per_s")),
-        ("latency", lambda: bench_latency(backend, n_latency)),
+        ("latency", lambda: bench_latency(backend, n_latency, lag_prefix="result_lag_async")),
+        ("latency, plain def (pool)", lambda: bench_latency(
+            backend, max(10, n_latency // 5), prefix="latency_pool", probe_key="record_start_sync",
+            lag_prefix="result_lag_pool")),
     ]
     if kind == "sqlite":
         steps.append(("latency, 2 ms poll", lambda: bench_latency(
@@ -455,23 +498,77 @@ def run_litetask(kind: str, workdir: str, n: int, n_latency: int,
     return out
 
 
-# rows: (metric, huey key or None, kind) -- kind "rate" (higher is better), "ms" (lower is
-# better) or "info" (no ratio).
+# --------------------------------------------------------------------------------------------
+# huey at litetask's durability setting
+# --------------------------------------------------------------------------------------------
+
+def run_huey_normal(peer: Any, workdir: str, n: int) -> dict[str, float]:
+    """huey's enqueue and processing phases again with ``PRAGMA synchronous=NORMAL``.
+
+    huey's default leaves SQLite's compiled-in ``synchronous=FULL``: in WAL mode that is one
+    fsync per commit, and huey commits once per enqueue and twice per processed task. litetask
+    uses ``synchronous=NORMAL`` (no fsync at commit; a power loss may drop the last commits, an
+    application crash does not). Same durability, same phases: peer_huey's own functions are
+    run with a storage class that sets NORMAL (the peer module itself is unchanged).
+    """
+    from huey.storage import SqliteStorage
+
+    class NormalSyncStorage(SqliteStorage):
+        def _create_connection(self):  # type: ignore[no-untyped-def]
+            conn = super()._create_connection()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+
+    orig = peer.T.make_huey
+    peer.T.make_huey = lambda filename, **kw: orig(filename, storage_class=NormalSyncStorage, **kw)
+    try:
+        return {
+            "enqueue_one_per_s": peer.bench_enqueue_one(workdir, n),
+            "enqueue_concurrent_per_s": peer.bench_enqueue_concurrent(workdir),
+            "process_noop_per_s": peer.bench_process(workdir, n, "thread", 1),
+            "process_noop_process_per_s": peer.bench_process(workdir, n, "process", 1),
+        }
+    finally:
+        peer.T.make_huey = orig
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+# (metric, huey key or None, kind): kind "rate" (higher is better), "ms" (lower is better) or
+# "info" (no ratio).
 ROWS: list[tuple[str, str | None, str]] = [
     ("enqueue_one_sync_per_s", "enqueue_one_per_s", "rate"),
-    ("enqueue_one_async_per_s", "enqueue_one_per_s", "rate"),       # huey: sync (no async API)
+    ("enqueue_one_async_per_s", "enqueue_one_per_s", "rate"),          # huey: sync (no async API)
     ("enqueue_concurrent_per_s", "enqueue_concurrent_per_s", "rate"),  # huey: 32 threads
     ("enqueue_concurrent_commits", "enqueue_concurrent_commits", "info"),
     ("enqueue_threads8_sync_per_s", None, "rate"),
     ("sync_delay_new_threads", None, "info"),
     ("sync_delay_new_event_loops", None, "info"),
-    ("process_noop_async_per_s", "process_noop_per_s", "rate"),     # huey: thread worker x1
+    ("process_noop_async_per_s", "process_noop_per_s", "rate"),        # huey: thread worker x1
     ("process_noop_pool_per_s", "process_noop_process_per_s", "rate"),  # huey: 1 forked process
+    ("process_pool_startup_s", None, "info"),
+    ("process_noop_pool_after_startup_per_s", "process_noop_process_per_s", "rate"),
     ("process_noop_thread8_per_s", "process_noop_thread8_per_s", "info"),  # huey only
     ("latency_p50_ms", "latency_p50_ms", "ms"),
     ("latency_p95_ms", "latency_p95_ms", "ms"),
     ("latency_fastpoll_p50_ms", "latency_fastpoll_p50_ms", "ms"),
     ("latency_fastpoll_p95_ms", "latency_fastpoll_p95_ms", "ms"),
+    ("latency_pool_p50_ms", None, "ms"),
+    ("latency_pool_p95_ms", None, "ms"),
+    ("result_lag_async_p50_ms", None, "ms"),
+    ("result_lag_pool_p50_ms", None, "ms"),
+    ("result_lag_pool_p95_ms", None, "ms"),
+]
+
+SAME_DURABILITY_ROWS = [
+    ("enqueue_one_sync_per_s", "enqueue_one_per_s"),
+    ("enqueue_one_async_per_s", "enqueue_one_per_s"),
+    ("enqueue_concurrent_per_s", "enqueue_concurrent_per_s"),
+    ("process_noop_async_per_s", "process_noop_per_s"),
+    ("process_noop_pool_per_s", "process_noop_process_per_s"),
+    ("process_noop_pool_after_startup_per_s", "process_noop_process_per_s"),
 ]
 
 
@@ -483,37 +580,52 @@ def _fmt(v: float | None) -> str:
     return f"{v:.1f}" if abs(v) >= 100 else f"{v:.2f}"
 
 
+def _table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
+
+    return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def _ratio(a: float | None, h: float | None, kind: str) -> str:
+    if not a or not h or kind == "info":
+        return "-"
+    return f"{a / h:.2f}x" if kind == "rate" else f"{h / a:.2f}x"
+
+
 def render_table(lt_sqlite: dict[str, float], lt_memory: dict[str, float],
                  huey: dict[str, float]) -> str:
-    head = ("metric", "litetask sqlite", "litetask memory", "huey sqlite",
-            "ratio lt-sqlite/huey (latency: huey/lt; >1 = litetask better)")
-    lines = []
+    head = ("metric", "litetask sqlite", "litetask memory", "huey sqlite", "ratio*")
+    rows = []
     for metric, hkey, kind in ROWS:
         a, m = lt_sqlite.get(metric), lt_memory.get(metric)
         h = huey.get(hkey) if hkey else None
-        ratio = "-"
-        if a and h and kind == "rate":
-            ratio = f"{a / h:.2f}x"
-        elif a and h and kind == "ms":
-            ratio = f"{h / a:.2f}x"
-        lines.append((metric, _fmt(a), _fmt(m), _fmt(h), ratio))
-    widths = [max(len(r[i]) for r in [head, *lines]) for i in range(4)]
-    out = ["  ".join([head[0].ljust(widths[0])] + [head[i].rjust(widths[i]) for i in (1, 2, 3)]
-                     + [head[4]])]
-    out.append("  ".join("-" * w for w in widths) + "  " + "-" * 12)
-    for r in lines:
-        out.append("  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in (1, 2, 3)]
-                             + [r[4].rjust(12)]))
-    return "\n".join(out)
+        rows.append((metric, _fmt(a), _fmt(m), _fmt(h), _ratio(a, h, kind)))
+    return ("ratio* = litetask sqlite / huey for rates, huey / litetask sqlite for latencies "
+            "(_ms rows): >1 means litetask is better\n" + _table(head, rows))
+
+
+def render_same_durability(lt_sqlite: dict[str, float], huey_normal: dict[str, float]) -> str:
+    head = ("same durability: huey at synchronous=NORMAL", "litetask sqlite", "huey NORMAL",
+            "ratio*")
+    rows = []
+    for metric, hkey in SAME_DURABILITY_ROWS:
+        a, h = lt_sqlite.get(metric), huey_normal.get(hkey)
+        rows.append((metric, _fmt(a), _fmt(h), _ratio(a, h, "rate")))
+    return _table(head, rows)
 
 
 NOTES = """\
-huey has no asyncio API: its column shows its sync one-by-one enqueue in both enqueue_one rows,
-its 32-thread enqueue for enqueue_concurrent, a thread worker x1 for process_noop_async, one
-forked worker process for process_noop_pool. huey commits = 1 transaction per enqueue (by its
-code, not counted). latency: huey default poll (100 ms initial delay) vs litetask's 20 ms
-data_version poll; *_fastpoll: huey 1-5 ms poll vs litetask with SQLiteBroker.poll_interval=2 ms.
-process_noop_thread8 is huey only (8 worker threads), for reference."""
+Notes. huey has no asyncio API: its column shows its sync one-by-one enqueue in both enqueue_one
+rows, a 32-thread enqueue for enqueue_concurrent, a thread worker x1 for process_noop_async and
+one forked worker process for the pool rows; its commits are 1 per enqueue by its code (not
+counted). huey's defaults leave synchronous=FULL (an fsync per commit), litetask uses NORMAL:
+see the second table for huey at NORMAL. latency: huey's default poll (100 ms first delay) vs
+litetask's 20 ms data_version poll; *_fastpoll: huey at 1-5 ms vs litetask at 2 ms. latency_pool
+and result_lag_*: litetask only (plain-def probe; time from a task's start until its outcome is
+stored). process_pool_startup_s: worker start to first pool task body (spawning the pool)."""
 
 
 def _git_state() -> dict[str, Any]:
@@ -530,7 +642,7 @@ def _git_state() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="tasks per enqueue/processing phase")
     ap.add_argument("--n-latency", type=int, default=200, help="sequential latency probes")
     ap.add_argument("--json", metavar="PATH", help="also write all numbers to this JSON file")
@@ -542,24 +654,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     workdir = tempfile.mkdtemp(prefix="litetask_bench_")
     started = time.perf_counter()
+    huey: dict[str, float] = {}
+    huey_normal: dict[str, float] = {}
+    huey_version = None
     try:
         lt_sqlite = run_litetask("sqlite", workdir, args.n, args.n_latency, log)
         lt_memory = run_litetask("memory", workdir, args.n, args.n_latency, log)
-        huey: dict[str, float] = {}
-        huey_version = None
         if not args.no_huey:
             if __package__:
-                from .peer_huey import run_huey_benchmark
+                from . import peer_huey as peer
             else:
-                from peer_huey import run_huey_benchmark
+                import peer_huey as peer
             import huey as huey_pkg
 
             huey_version = huey_pkg.__version__
             t0 = time.perf_counter()
-            huey = run_huey_benchmark(os.path.join(workdir, "huey"), n_tasks=args.n,
-                                      n_latency=args.n_latency)
-            huey["enqueue_concurrent_commits"] = 1000
-            log(f"  huey (peer_huey.run_huey_benchmark)         {time.perf_counter() - t0:5.1f}s")
+            huey = peer.run_huey_benchmark(os.path.join(workdir, "huey"), n_tasks=args.n,
+                                           n_latency=args.n_latency)
+            huey["enqueue_concurrent_commits"] = CONCURRENT_ENQUEUES  # one transaction per call
+            log(f"  huey (peer_huey.run_huey_benchmark)                {time.perf_counter() - t0:5.1f}s")
+            t0 = time.perf_counter()
+            huey_normal = run_huey_normal(peer, os.path.join(workdir, "huey_normal"), args.n)
+            log(f"  huey at synchronous=NORMAL                         {time.perf_counter() - t0:5.1f}s")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     total = time.perf_counter() - started
@@ -573,12 +689,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"SQLite {env['sqlite']}, {env['cpus']} CPUs | n={args.n}, concurrent={CONCURRENT_ENQUEUES}, "
           f"latency probes={args.n_latency}, worker concurrency={CONCURRENCY} | total {total:.1f}s")
     print(render_table(lt_sqlite, lt_memory, huey))
+    if huey_normal:
+        print()
+        print(render_same_durability(lt_sqlite, huey_normal))
     print(NOTES)
     result = {"env": env, "params": {"n": args.n, "n_latency": args.n_latency,
                                      "concurrent": CONCURRENT_ENQUEUES, "concurrency": CONCURRENCY,
                                      "sync_threads": SYNC_THREADS, "fastpoll_s": FASTPOLL_S},
               "litetask_sqlite": lt_sqlite, "litetask_memory": lt_memory, "huey_sqlite": huey,
-              "total_s": total}
+              "huey_sqlite_synchronous_normal": huey_normal, "total_s": total}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -15,8 +15,10 @@ root, in two terminals (or start several workers)::
     uvicorn examples.fastapi_app:app                  # the API, on http://127.0.0.1:8000
     python -m examples.fastapi_app                    # a worker; stop it with Ctrl-C
 
-(The worker command is the same as
-``python -c "import asyncio, examples.fastapi_app as m; asyncio.run(m.tasks.run_worker())"``.)
+The worker command does ``asyncio.run(tasks.run_worker())``; so do these equivalents::
+
+    litetask worker examples.fastapi_app:tasks
+    python -c "import asyncio, examples.fastapi_app as m; asyncio.run(m.tasks.run_worker())"
 
 Try it::
 

@@ -48,8 +48,8 @@ async def main() -> None:
         worker.stop()  # lilota.stop(): stop claiming, let running tasks finish
         await running
         await app.aclose()
-    print(f"task {record.name} {record.id}: {record.status}, result={record.result!r}, "
-          f"ran in process {record.pid} (this script is process {os.getpid()})")
+    print(f"task {record.name} {record.id}: {record.status}, result={record.result!r} "
+          f"(this script is process {os.getpid()})")
     print(record)
 
 

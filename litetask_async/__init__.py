@@ -13,6 +13,7 @@ from .exceptions import (
 from .progress import TaskProgress
 from .records import TaskRecord, TaskStatus
 from .tasks import Task
+from .worker import Worker
 
 __all__ = [
     "BrokerUnavailable",
@@ -26,6 +27,7 @@ __all__ = [
     "TaskRecord",
     "TaskStatus",
     "TaskTimeout",
+    "Worker",
     "WorkerError",
 ]
 

@@ -70,6 +70,7 @@ class LiteTask:
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._closers: weakref.WeakKeyDictionary[Broker, AsyncIterator[None]] = weakref.WeakKeyDictionary()
         self._portal: BlockingPortal | None = None
+        self._portal_thread: threading.Thread | None = None
         self._portal_pid = 0
         self._portal_lock = threading.Lock()
 
@@ -259,8 +260,9 @@ class LiteTask:
                     await self.aclose()
 
                 # A daemon thread: an app never closed must not keep the interpreter alive.
-                threading.Thread(target=anyio.run, args=(serve,), daemon=True,
-                                 name="litetask-sync-portal").start()
+                self._portal_thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True,
+                                                       name="litetask-sync-portal")
+                self._portal_thread.start()
                 self._portal = ready.result()
                 self._portal_pid = os.getpid()
             return self._portal
@@ -285,9 +287,14 @@ class LiteTask:
         return self._call_sync(self.cancel, task_id)
 
     def close(self) -> None:
-        """Stop the background loop of the sync facade (it is restarted on next use)."""
+        """Close the sync facade's connections and stop its background loop (restarted on next
+        use). Returns once everything is closed."""
         with self._portal_lock:
             portal, self._portal = self._portal, None
+            thread, self._portal_thread = self._portal_thread, None
         if portal is not None and self._portal_pid == os.getpid():
+            portal.call(self.aclose)
             portal.call(portal.stop)
+            if thread is not None:
+                thread.join(10)
 

@@ -43,15 +43,17 @@ class ProcessDied(Exception):
 class ChildError(Exception):
     """An exception raised by a task inside a pool process, carried back as text."""
 
-    def __init__(self, type_name: str, message: str, tb: str, original: BaseException | None) -> None:
+    def __init__(self, type_name: str, message: str, tb: str, original: BaseException | None,
+                 pid: int) -> None:
         super().__init__(message)
         self.type_name = type_name
         self.message = message
         self.traceback = tb
         self.original = original
+        self.pid = pid
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChildError, (self.type_name, self.message, self.traceback, self.original))
+        return (ChildError, (self.type_name, self.message, self.traceback, self.original, self.pid))
 
 
 # --- the child side ---------------------------------------------------------------------------
@@ -80,7 +82,7 @@ def resolve_task(module_name: str, attr: str) -> Any:
 
 
 def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: str,
-               kwargs_json: str) -> str:
+               kwargs_json: str) -> tuple[int, str]:
     _child_queue.put(("start", task_id, os.getpid()))
     from .tasks import Task, encode_result
 
@@ -93,7 +95,8 @@ def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: 
             task = Task(None, task, name=name)
         args, kwargs = task.decode_arguments(args_json, kwargs_json)
         result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
-        return encode_result(task.name, result)
+        # The pid travels with the result: the "start" message may arrive after it.
+        return os.getpid(), encode_result(task.name, result)
     except BaseException as exc:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
@@ -102,7 +105,7 @@ def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: 
             original: BaseException | None = exc
         except Exception:
             original = None
-        raise ChildError(type(exc).__name__, str(exc), tb, original) from None
+        raise ChildError(type(exc).__name__, str(exc), tb, original, os.getpid()) from None
 
 
 # --- the parent side --------------------------------------------------------------------------
@@ -213,25 +216,28 @@ class ProcessRunner:
         try:
             while True:
                 gen = self._generation()
-                fut: Future[str] = gen.pool.submit(_child_run, task_id, name, module_name, attr,
+                fut: Future[tuple[int, str]] = gen.pool.submit(_child_run, task_id, name, module_name, attr,
                                                    args_json, kwargs_json)
                 afut = asyncio.wrap_future(fut)
                 afut.add_done_callback(_consume)
                 try:
                     if timeout is None:
-                        return await asyncio.shield(afut)
+                        return self._result(job, await asyncio.shield(afut))
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(job.started.wait())
                     try:
                         await asyncio.wait([afut, waiter], return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         waiter.cancel()
                     if afut.done():
-                        return afut.result()
+                        return self._result(job, afut.result())
                     try:
-                        return await asyncio.wait_for(asyncio.shield(afut), timeout)
+                        return self._result(job, await asyncio.wait_for(asyncio.shield(afut), timeout))
                     except TimeoutError:
                         self._kill(job)
                         raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed") from None
+                except ChildError as exc:
+                    self._note_pid(job, exc.pid)
+                    raise
                 except BrokenProcessPool:
                     gen.broken = True
                     if job.killed:
@@ -250,6 +256,16 @@ class ProcessRunner:
                     raise
         finally:
             self._jobs.pop(task_id, None)
+
+    def _note_pid(self, job: _Job, pid: int) -> None:
+        if job.pid != pid:
+            job.pid = pid
+            self._on_pid(job.task_id, pid)
+
+    def _result(self, job: _Job, value: tuple[int, str]) -> str:
+        pid, result_json = value
+        self._note_pid(job, pid)
+        return result_json
 
     def shutdown(self) -> None:
         """Stop the pool; running tasks' processes are killed."""

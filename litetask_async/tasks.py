@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -67,7 +68,7 @@ class Task(Generic[P, R]):
         params = []
         for pname, param in sig.parameters.items():
             hint = hints.get(pname, param.annotation)
-            if hint is TaskProgress:
+            if hint is TaskProgress or TaskProgress in typing.get_args(hint):  # also TaskProgress | None
                 self.progress_param = pname
                 continue
             params.append(param)

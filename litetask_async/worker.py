@@ -112,8 +112,16 @@ class Worker:
         log.info("worker %s started: concurrency %d, tasks %s", self.id, self.concurrency,
                  ", ".join(sorted(self.app.tasks)) or "(none)")
         crashed: BaseException | None = None
+        cancelled = False
         try:
-            done, _ = await asyncio.wait({claimer, flusher, *side}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({claimer, flusher, *side}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # Cancelling the worker's task stops it at once: running tasks are interrupted
+                # and put back, results already computed are still written.
+                cancelled = True
+                self.grace_period = 0
+                done = set()
             for t in done:
                 if not t.cancelled() and t.exception() is not None:
                     crashed = t.exception()
@@ -135,6 +143,8 @@ class Worker:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             log.info("worker %s stopped after %d tasks", self.id, self.processed)
+        if cancelled:
+            raise asyncio.CancelledError
         if crashed is not None:
             raise WorkerError(f"worker side task crashed: {crashed!r}") from crashed
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from litetask_async import LiteTask
-from tests.pg_server import PostgresServer, create_database, get_postgres_url
 from litetask_async.worker import Worker
+from tests.pg_server import PostgresServer, create_database, get_postgres_url
 
 BROKERS = ["memory", "sqlite", "postgres"]
 

@@ -51,6 +51,9 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+_Op = tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
+
+
 class SQLiteWriter:
     """One thread owning the process's write connection to one SQLite file; group commit.
 
@@ -60,19 +63,27 @@ class SQLiteWriter:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"litetask-sqlite-writer:{path}", daemon=True)
         self.ready = concurrent.futures.Future[None]()  # resolved once the schema is in place
+        self.stopped = concurrent.futures.Future[None]()  # resolved once the connection is closed
         self.commits = 0  # how many transactions were committed (for benchmarks and tests)
         self._thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        """Queue one write; the future resolves once its transaction committed."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if not self._thread.is_alive():
-            fut.set_exception(BrokerUnavailable(f"the SQLite writer for {self.path} has stopped"))
-            return fut
-        self._queue.put((fn, args, fut))
+        self.submit_ops([(fn, args, fut)])
         return fut
+
+    def submit_ops(self, ops: list[_Op]) -> None:
+        """Queue several writes that will share one transaction."""
+        if not self._thread.is_alive():
+            err = BrokerUnavailable(f"the SQLite writer for {self.path} has stopped")
+            for _fn, _args, fut in ops:
+                fut.set_exception(err)
+            return
+        self._queue.put(ops)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self.submit(fn, *args))
@@ -84,6 +95,12 @@ class SQLiteWriter:
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.stopped.set_result(None)
+
+    def _serve(self) -> None:
         try:
             conn = _connect(self.path)
             for stmt in sql.SCHEMA:
@@ -98,7 +115,7 @@ class SQLiteWriter:
             item = self._queue.get()
             if item is None:
                 break
-            batch = [item]
+            batch = list(item)
             while len(batch) < MAX_BATCH:
                 try:
                     nxt = self._queue.get_nowait()
@@ -107,7 +124,7 @@ class SQLiteWriter:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             self._run_batch(conn, batch)
         conn.close()
 
@@ -189,17 +206,18 @@ def _acquire(path: str, count: bool = True) -> _Shared:
         return sh
 
 
-def _release(sh: _Shared) -> aiosqlite.Connection | None:
-    """Drop one user; the last one stops the writer and gets the reader to close."""
+async def _release(sh: _Shared) -> None:
+    """Drop one user; the last one closes the reader and stops the writer (and waits for both,
+    so that SQLite has removed its -wal and -shm files when close() returns)."""
     with _shared_lock:
         sh.users -= 1
         if sh.users > 0:
-            return None
+            return
         _shared.pop((os.getpid(), sh.path), None)
-    sh.writer.stop(wait=False)
     if sh.reader is not None and sh.reader.done() and sh.reader.exception() is None:
-        return sh.reader.result()
-    return None
+        await sh.reader.result().close()
+    sh.writer.stop(wait=False)
+    await asyncio.wrap_future(sh.writer.stopped)
 
 
 async def _open_reader(path: str) -> aiosqlite.Connection:
@@ -304,7 +322,7 @@ class SQLiteBroker(Broker):
         self._writer: SQLiteWriter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
-        self._wake = asyncio.Event()
+        self._coalesced: list[_Op] = []
 
     @property
     def writer(self) -> SQLiteWriter:
@@ -334,7 +352,7 @@ class SQLiteBroker(Broker):
                     sh.reader.set_exception(exc)
             self._reader = await asyncio.wrap_future(sh.reader)
         except BaseException:
-            await self._close_reader(_release(sh))
+            await _release(sh)
             raise
         self._shared = sh
         self._writer = sh.writer
@@ -343,12 +361,7 @@ class SQLiteBroker(Broker):
         sh, self._shared = self._shared, None
         self._writer = self._reader = None
         if sh is not None:
-            await self._close_reader(_release(sh))
-
-    @staticmethod
-    async def _close_reader(reader: aiosqlite.Connection | None) -> None:
-        if reader is not None:
-            await reader.close()
+            await _release(sh)
 
     @property
     def reader(self) -> aiosqlite.Connection:
@@ -356,23 +369,40 @@ class SQLiteBroker(Broker):
             raise RuntimeError("broker is not open")
         return self._reader
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write in the writer thread. Writes issued in the same turn of this event loop
+        (say, 1,000 ``adelay()`` under ``gather``) are handed over together and share a commit."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if not self._coalesced:
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._coalesced.append((fn, args, fut))
+        return await asyncio.wrap_future(fut)
+
+    def _hand_over(self) -> None:
+        ops, self._coalesced = self._coalesced, []
+        if self._writer is None:
+            for _fn, _args, fut in ops:
+                fut.set_exception(BrokerUnavailable("the SQLite broker was closed"))
+            return
+        self._writer.submit_ops(ops)
+
     async def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        await self.writer.run(_op_insert, tasks, time.time())
+        await self._write(_op_insert, tasks, time.time())
 
     async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
-        return await self.writer.run(_op_claim, worker_id, pid, limit)
+        return await self._write(_op_claim, worker_id, pid, limit)
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
-        return await self.writer.run(_op_finish, outcomes)
+        return await self._write(_op_finish, outcomes)
 
     async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
-        await self.writer.run(_op_update_running, updates)
+        await self._write(_op_update_running, updates)
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
-        await self.writer.run(_op_heartbeat, worker_id, task_ids)
+        await self._write(_op_heartbeat, worker_id, task_ids)
 
     async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
-        return await self.writer.run(_op_requeue_stalled, timeout, max_rescues)
+        return await self._write(_op_requeue_stalled, timeout, max_rescues)
 
     async def cancel_requested(self, task_ids: Sequence[str]) -> list[str]:
         if not task_ids:
@@ -387,7 +417,7 @@ class SQLiteBroker(Broker):
         return None if row is None else record_from_row(dict(row))
 
     async def cancel(self, task_id: str) -> bool:
-        return await self.writer.run(_op_cancel, task_id)
+        return await self._write(_op_cancel, task_id)
 
     async def wait_for_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -89,7 +89,7 @@ def test_sigkilled_worker_task_is_completed_by_the_other(tmp_path: Path, kind: s
         os.kill(w1.pid, signal.SIGKILL)
         w1.wait(10)
         wait_until(lambda: row()[0] == "completed", 90, "the other worker to complete the task")
-        status, worker_id, attempts = row()
+        _status, worker_id, attempts = row()
         assert worker_id is not None and f":{w2.pid}:" in worker_id
         assert attempts == 2
         assert effects(fx)[7] >= 1
@@ -101,3 +101,29 @@ def test_sigkilled_worker_task_is_completed_by_the_other(tmp_path: Path, kind: s
             w1.kill()
         if w2 is not None:
             assert stop_worker(w2) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_worker_cleanly_and_puts_back_unfinished(tmp_path: Path, sig: int) -> None:
+    db = tmp_path / "shared.db"
+    url = f"sqlite:///{db}"
+    fx = tmp_path / "effects.txt"
+    w = start_worker(url, tmp_path / "w.log", "--grace-period", "1")
+    env = {**os.environ, "LITETASK_URL": url, "PYTHONPATH": str(ROOT)}
+    code = ("from tests.xproc_app import slow_effect_async as a, slow_effect_pool as p, effect_async as q; "
+            "import sys; print(a.delay(sys.argv[1], 1, 60.0)); print(p.delay(sys.argv[1], 2, 60.0)); "
+            "print(q.delay(sys.argv[1], 3))")
+    out = subprocess.run([sys.executable, "-c", code, str(fx)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
+    slow_a, slow_p, quick = out.stdout.split()
+
+    def status(tid: str) -> tuple[str, int]:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT status, attempts FROM litetask_tasks WHERE id = ?", (tid,)).fetchone()
+
+    wait_until(lambda: status(slow_a)[0] == status(slow_p)[0] == "running" and status(quick)[0] == "completed",
+               60, "tasks to start")
+    w.send_signal(sig)
+    assert w.wait(30) == 0, (tmp_path / "w.log").read_text()[-3000:]
+    assert status(slow_a)[0] == "pending" and status(slow_p)[0] == "pending"
+    assert effects(fx) == {3: 1}  # the interrupted tasks did not finish, the quick one did once

@@ -289,3 +289,32 @@ async def test_error_payload_is_json_object(app: LiteTask) -> None:
     assert rec.error is not None
     json.dumps(rec.error)
     assert set(rec.error) >= {"type", "message", "traceback"}
+
+
+async def test_pool_task_pid_is_the_process_that_ran_it(app: LiteTask) -> None:
+    t = jobs.register(app)
+    async with running_worker(app):
+        ids = await t["getpid"].adelay_many([((), {})] * 30)
+        recs = [await app.wait(i, 30) for i in ids]
+    assert all(r.pid == r.result != os.getpid() for r in recs), [(r.pid, r.result) for r in recs]
+
+
+async def test_cancelling_the_worker_task_stops_it_at_once(app: LiteTask) -> None:
+    t = jobs.register(app)
+    from litetask_async import Worker
+
+    w = Worker(app, install_signal_handlers=False, grace_period=30)
+    wt = asyncio.create_task(w.run())
+    slow = await t["sleep_async"].adelay(30)
+    done = await t["aadd"].adelay(1, 1)
+    assert (await app.wait(done, 10)).status is TaskStatus.COMPLETED
+    while (rec := await app.get_task(slow)) is not None and rec.status is not TaskStatus.RUNNING:
+        await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    wt.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await wt
+    assert loop.time() - t0 < 5  # not the 30 s grace period nor the task's 30 s
+    rec = await app.get_task(slow)
+    assert rec is not None and rec.status is TaskStatus.PENDING  # put back, not lost

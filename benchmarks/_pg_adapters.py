@@ -1,0 +1,311 @@
+"""The three PostgreSQL queues behind one small interface, for ``bench_postgres.py``.
+
+Each adapter has a *producer* side (used in the benchmark's own process: enqueue one, enqueue a
+batch, count unfinished jobs) and a *worker* side (used in ``_pg_worker.py``, one subprocess per
+worker: open, run until stopped, stop).
+
+The task is the same no-op coroutine for all three. Given a ``key`` (latency phase only) it
+writes ``S <key> <time.time()>`` to file descriptor 1 the moment its body starts, so the
+benchmark process can compute enqueue-to-start latency; without a key it does nothing.
+
+Settings per library (what "their recommended fast path" means here):
+
+* litetask_async: ``LiteTask(url)``, ``adelay`` / ``adelay_many``; worker
+  ``Worker(app, concurrency=C)`` (the same as ``app.run_worker(concurrency=C)``), defaults
+  otherwise.
+* pgqueuer: ``Queries(AsyncpgDriver(asyncpg connection))`` as in pgqueuer's own
+  ``tools/benchmark.py``; ``queries.enqueue(name, payload)`` one by one and
+  ``queries.enqueue([names], [payloads], [priorities])`` for a batch; worker
+  ``QueueManager`` with one entrypoint, ``qm.run(batch_size=..., max_concurrent_tasks=...)``
+  (see PGQ_MODES); schema from ``queries.install()`` (default durability: logged tables, like
+  the other two).
+* procrastinate: ``App(connector=PsycopgConnector(conninfo=url, min_size, max_size))``,
+  ``task.defer_async()`` / ``task.batch_defer_async(*kwargs)``; worker
+  ``app.run_worker_async(concurrency=C, install_signal_handlers=False)`` (listen_notify on,
+  the default); schema from ``app.schema_manager.apply_schema_async()``. The pool is sized
+  ``concurrency + 2`` (default is 4), so a job's status write never waits for a connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+import asyncpg
+
+LIBS = ("litetask", "pgqueuer", "procrastinate")
+TASK_NAME = "bench_noop"
+
+
+def report_start(key: str) -> None:
+    """Called first thing in the task body in the latency phase: one unbuffered line on fd 1."""
+    os.write(1, f"S {key} {time.time()!r}\n".encode())
+
+
+# pgqueuer ways to cap one worker at C concurrent jobs (its dequeue rule: max_concurrent_tasks
+# >= 2 * batch_size). "global": qm.run(batch_size=C//2, max_concurrent_tasks=C) -- the
+# per-worker cap. "entrypoint": @qm.entrypoint(concurrency_limit=C) with batch_size=C -- the
+# per-entrypoint cap enforced in SQL across all workers (with one worker: the same cap).
+PGQ_MODES = ("global", "entrypoint")
+
+
+def libversion(lib: str) -> str:
+    import importlib.metadata as md
+
+    dist = {"litetask": "litetask_async", "pgqueuer": "pgqueuer", "procrastinate": "procrastinate"}[lib]
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+# ----------------------------------------------------------------------------------------------
+# producer side
+
+
+class Producer:
+    """Enqueue side of one library on one database."""
+
+    lib = ""
+    #: counts jobs not finished yet (queued or running); 0 = all done
+    remaining_sql = ""
+    #: counts jobs finished successfully (a sanity check, not a metric)
+    succeeded_sql = ""
+
+    def __init__(self, url: str) -> None:
+        self.url = url  # plain postgresql:// URL of this library's database
+        self._mon: asyncpg.Connection | None = None
+
+    async def open(self) -> None:
+        """Connect and install the schema."""
+        self._mon = await asyncpg.connect(self.url)
+
+    async def enqueue_one(self, key: str | None = None) -> None:
+        raise NotImplementedError
+
+    async def enqueue_batch(self, n: int) -> None:
+        raise NotImplementedError
+
+    async def remaining(self) -> int:
+        assert self._mon is not None
+        return int(await self._mon.fetchval(self.remaining_sql))
+
+    async def succeeded(self) -> int:
+        assert self._mon is not None
+        return int(await self._mon.fetchval(self.succeeded_sql))
+
+    async def close(self) -> None:
+        if self._mon is not None:
+            await self._mon.close()
+            self._mon = None
+
+
+class LiteTaskProducer(Producer):
+    lib = "litetask"
+    remaining_sql = "SELECT count(*) FROM litetask_tasks WHERE status IN ('pending', 'running')"
+    succeeded_sql = "SELECT count(*) FROM litetask_tasks WHERE status = 'completed'"
+
+    async def open(self) -> None:
+        from litetask_async import LiteTask
+
+        self.app = LiteTask(self.url)
+        self.task = self.app.task(name=TASK_NAME)(_lt_noop)
+        await self.app.broker()  # opens the pool, applies the schema, starts LISTEN
+        await super().open()
+
+    async def enqueue_one(self, key: str | None = None) -> None:
+        if key is None:
+            await self.task.adelay()
+        else:
+            await self.task.adelay(key)
+
+    async def enqueue_batch(self, n: int) -> None:
+        await self.task.adelay_many([((), {})] * n)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.app.aclose()
+
+
+class PgQueuerProducer(Producer):
+    lib = "pgqueuer"
+    # pgqueuer deletes a job's row when it finishes (and logs it in pgqueuer_log)
+    remaining_sql = "SELECT count(*) FROM pgqueuer"
+    succeeded_sql = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+
+    async def open(self) -> None:
+        from pgqueuer import AsyncpgDriver, Queries
+
+        self._conn = await asyncpg.connect(self.url)
+        self.queries = Queries(AsyncpgDriver(self._conn))
+        await self.queries.install()
+        await super().open()
+
+    async def enqueue_one(self, key: str | None = None) -> None:
+        await self.queries.enqueue(TASK_NAME, None if key is None else key.encode())
+
+    async def enqueue_batch(self, n: int) -> None:
+        await self.queries.enqueue([TASK_NAME] * n, [None] * n, [0] * n)
+
+    async def close(self) -> None:
+        await super().close()
+        await self._conn.close()
+
+
+def _procrastinate_app(url: str, pool_size: int | None) -> Any:
+    import procrastinate
+
+    kw: dict[str, Any] = {"conninfo": url}
+    if pool_size is not None:
+        kw.update(min_size=pool_size, max_size=pool_size)
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(**kw))
+    task = app.task(name=TASK_NAME)(_proc_noop)
+    return app, task
+
+
+class ProcrastinateProducer(Producer):
+    lib = "procrastinate"
+    remaining_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+    succeeded_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+
+    async def open(self) -> None:
+        self.app, self.task = _procrastinate_app(self.url, None)
+        await self.app.open_async()
+        await self.app.schema_manager.apply_schema_async()
+        await super().open()
+
+    async def enqueue_one(self, key: str | None = None) -> None:
+        if key is None:
+            await self.task.defer_async()
+        else:
+            await self.task.defer_async(key=key)
+
+    async def enqueue_batch(self, n: int) -> None:
+        await self.task.batch_defer_async(*([{}] * n))
+
+    async def close(self) -> None:
+        await super().close()
+        await self.app.close_async()
+
+
+PRODUCERS: dict[str, type[Producer]] = {
+    "litetask": LiteTaskProducer,
+    "pgqueuer": PgQueuerProducer,
+    "procrastinate": ProcrastinateProducer,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# the task, once per library (same body)
+
+
+async def _lt_noop(key: str | None = None) -> None:
+    if key is not None:
+        report_start(key)
+
+
+async def _proc_noop(key: str | None = None) -> None:
+    if key is not None:
+        report_start(key)
+
+
+async def _pgq_noop(job: Any) -> None:
+    if job.payload:
+        report_start(job.payload.decode())
+
+
+# ----------------------------------------------------------------------------------------------
+# worker side
+
+
+class WorkerSide:
+    """One worker of one library, opened before the clock starts, run, then stopped cleanly."""
+
+    def __init__(self, url: str, concurrency: int, options: dict[str, Any]) -> None:
+        self.url = url
+        self.concurrency = concurrency
+        self.options = options
+
+    async def open(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def stop(self, runner: asyncio.Task[None]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LiteTaskWorker(WorkerSide):
+    async def open(self) -> None:
+        from litetask_async import LiteTask
+        from litetask_async.worker import Worker
+
+        self.app = LiteTask(self.url)
+        self.app.task(name=TASK_NAME)(_lt_noop)
+        await self.app.broker()
+        self.worker = Worker(self.app, concurrency=self.concurrency, install_signal_handlers=False)
+
+    async def run(self) -> None:
+        await self.worker.run()
+
+    def stop(self, runner: asyncio.Task[None]) -> None:
+        self.worker.stop()
+
+    async def close(self) -> None:
+        await self.app.aclose()
+
+
+class PgQueuerWorker(WorkerSide):
+    async def open(self) -> None:
+        from pgqueuer import AsyncpgDriver, Queries, QueueManager
+
+        mode = self.options.get("pgq_mode", "global")
+        self._conn = await asyncpg.connect(self.url)
+        self.qm = QueueManager(Queries(AsyncpgDriver(self._conn)))
+        c = self.concurrency
+        if mode == "global":
+            self.qm.entrypoint(TASK_NAME)(_pgq_noop)
+            self.run_kw = {"batch_size": max(1, c // 2), "max_concurrent_tasks": c}
+        elif mode == "entrypoint":
+            self.qm.entrypoint(TASK_NAME, concurrency_limit=c)(_pgq_noop)
+            self.run_kw = {"batch_size": c}
+        else:
+            raise ValueError(f"unknown pgqueuer mode {mode!r}")
+
+    async def run(self) -> None:
+        await self.qm.run(**self.run_kw)
+
+    def stop(self, runner: asyncio.Task[None]) -> None:
+        self.qm.shutdown.set()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._conn.close()
+
+
+class ProcrastinateWorker(WorkerSide):
+    async def open(self) -> None:
+        pool = self.options.get("proc_pool", self.concurrency + 2)
+        self.app, _ = _procrastinate_app(self.url, pool or None)
+        await self.app.open_async()
+
+    async def run(self) -> None:
+        await self.app.run_worker_async(concurrency=self.concurrency, install_signal_handlers=False)
+
+    def stop(self, runner: asyncio.Task[None]) -> None:
+        # procrastinate's documented way to stop a worker run as a task: cancel it; the worker
+        # turns that into a graceful stop (running jobs finish) and then re-raises.
+        runner.cancel()
+
+    async def close(self) -> None:
+        await self.app.close_async()
+
+
+WORKERS: dict[str, type[WorkerSide]] = {
+    "litetask": LiteTaskWorker,
+    "pgqueuer": PgQueuerWorker,
+    "procrastinate": ProcrastinateWorker,
+}
