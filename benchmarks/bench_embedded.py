@@ -32,7 +32,7 @@ from typing import Any
 
 import litetask_async
 from litetask_async import LiteTask
-from litetask_async.brokers.sqlite import writer_for
+from litetask_async.brokers.sqlite import SQLiteWriter, writer_for
 from litetask_async.worker import Worker
 
 if __package__:
@@ -76,10 +76,17 @@ class Backend:
         return url[len("sqlite:///"):]
 
 
-def _stop_writer(url: str) -> None:
-    """The SQLite writer thread of a path lives for the whole process; stop it after a phase."""
-    if url.startswith("sqlite"):
-        writer_for(Backend.path(url)).stop()
+def _writer(url: str) -> SQLiteWriter | None:
+    """This process's SQLite writer for ``url``; call it while a broker on ``url`` is open
+    (otherwise ``writer_for`` would start a new one)."""
+    return writer_for(Backend.path(url)) if url.startswith("sqlite") else None
+
+
+def _stop(writer: SQLiteWriter | None) -> None:
+    """End a phase's writer thread. Some versions of the broker keep it for the life of the
+    process, others stop it with the last broker; stopping a stopped writer does nothing."""
+    if writer is not None:
+        writer.stop()
 
 
 def _sqlite_count(url: str, where: str = "1") -> int:
@@ -127,6 +134,11 @@ class WorkerProcess:
             self.stop()
             raise RuntimeError(f"worker subprocess said {line!r}, expected {word!r}")
 
+    def check(self) -> None:
+        """Raise if the worker process has exited (it logs why on stderr)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the worker subprocess exited with code {self.proc.returncode}")
+
     def wait_ready(self) -> None:
         """Returns once the subprocess has imported everything (interpreter start not timed)."""
         self._expect("ready")
@@ -162,8 +174,10 @@ def bench_enqueue_one_sync(backend: Backend, n: int) -> dict[str, float]:
     url = backend.url("enqueue_one_sync")
     app, tasks = T.make_app(url)
     delay = tasks["noop_async"].delay
+    writer = None
     try:
         app.get_task_sync("warm-up")  # starts the portal thread and opens its broker: not timed
+        writer = _writer(url)
         threads_before = {t.ident for t in threading.enumerate()}
         with _count_new_event_loops() as loops:
             t0 = time.perf_counter()
@@ -175,7 +189,7 @@ def bench_enqueue_one_sync(backend: Backend, n: int) -> dict[str, float]:
             raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
     finally:
         app.close()
-        _stop_writer(url)
+        _stop(writer)
     return {
         "enqueue_one_sync_per_s": n / dt,
         "sync_delay_calls_checked": n,
@@ -192,19 +206,19 @@ def bench_enqueue_one_async(backend: Backend, n: int) -> dict[str, float]:
         app, tasks = T.make_app(url)
         adelay = tasks["noop_async"].adelay
         await app.broker()  # open before timing (huey's connection is opened untimed too)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            await adelay()
-        dt = time.perf_counter() - t0
-        await app.aclose()
-        return dt
+        writer = _writer(url)
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                await adelay()
+            return time.perf_counter() - t0
+        finally:
+            await app.aclose()
+            _stop(writer)
 
-    try:
-        dt = asyncio.run(run())
-        if backend.kind == "sqlite" and _sqlite_count(url) != n:
-            raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
-    finally:
-        _stop_writer(url)
+    dt = asyncio.run(run())
+    if backend.kind == "sqlite" and _sqlite_count(url) != n:
+        raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
     return {"enqueue_one_async_per_s": n / dt}
 
 
@@ -216,21 +230,20 @@ def bench_enqueue_concurrent(backend: Backend, n: int = CONCURRENT_ENQUEUES) -> 
         app, tasks = T.make_app(url)
         adelay = tasks["noop_async"].adelay
         await app.broker()
-        writer = writer_for(Backend.path(url)) if backend.kind == "sqlite" else None
-        c0 = writer.commits if writer else 0
-        t0 = time.perf_counter()
-        await asyncio.gather(*(adelay() for _ in range(n)))
-        dt = time.perf_counter() - t0
-        commits = writer.commits - c0 if writer else None
-        await app.aclose()
-        return dt, commits
+        writer = _writer(url)
+        try:
+            c0 = writer.commits if writer else 0
+            t0 = time.perf_counter()
+            await asyncio.gather(*(adelay() for _ in range(n)))
+            dt = time.perf_counter() - t0
+            return dt, (writer.commits - c0 if writer else None)
+        finally:
+            await app.aclose()
+            _stop(writer)
 
-    try:
-        dt, commits = asyncio.run(run())
-        if backend.kind == "sqlite" and _sqlite_count(url) != n:
-            raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
-    finally:
-        _stop_writer(url)
+    dt, commits = asyncio.run(run())
+    if backend.kind == "sqlite" and _sqlite_count(url) != n:
+        raise RuntimeError(f"expected {n} stored tasks, found {_sqlite_count(url)}")
     out: dict[str, float] = {"enqueue_concurrent_per_s": n / dt}
     if commits is not None:
         out["enqueue_concurrent_commits"] = commits
@@ -254,8 +267,10 @@ def bench_enqueue_threads(backend: Backend, n: int, threads: int = SYNC_THREADS)
         except BaseException as exc:
             errors.append(exc)
 
+    writer = None
     try:
         app.get_task_sync("warm-up")
+        writer = _writer(url)
         pool = [threading.Thread(target=body) for _ in range(threads)]
         for t in pool:
             t.start()
@@ -270,7 +285,7 @@ def bench_enqueue_threads(backend: Backend, n: int, threads: int = SYNC_THREADS)
             raise RuntimeError(f"expected {per * threads} stored tasks, found {_sqlite_count(url)}")
     finally:
         app.close()
-        _stop_writer(url)
+        _stop(writer)
     return {"enqueue_threads8_sync_per_s": per * threads / dt}
 
 
@@ -278,7 +293,8 @@ def bench_enqueue_threads(backend: Backend, n: int, threads: int = SYNC_THREADS)
 # processing phases
 # --------------------------------------------------------------------------------------------
 
-async def _wait_all_final_memory(app: LiteTask, ids: list[str], timeout: float) -> float:
+async def _wait_all_final_memory(app: LiteTask, ids: list[str], timeout: float,
+                                 worker_task: asyncio.Task[None]) -> float:
     """Wait until every task is final (cheap: tasks finish roughly in order, so only the first
     unfinished one is re-read each round); returns the latest ``finished_at`` (epoch s)."""
     deadline = time.monotonic() + timeout
@@ -288,6 +304,9 @@ async def _wait_all_final_memory(app: LiteTask, ids: list[str], timeout: float) 
         if rec is not None and rec.is_final:
             i += 1
             continue
+        if worker_task.done():
+            worker_task.result()
+            raise RuntimeError("the worker stopped")
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {i}/{len(ids)} tasks finished after {timeout}s")
         await asyncio.sleep(0.01)
@@ -301,7 +320,7 @@ async def _wait_all_final_memory(app: LiteTask, ids: list[str], timeout: float) 
     return last
 
 
-def _wait_all_final_sqlite(url: str, n: int, timeout: float) -> float:
+def _wait_all_final_sqlite(url: str, n: int, timeout: float, wp: WorkerProcess) -> float:
     """Poll a COUNT on the file every 50 ms; returns max(finished_at) (exact end, not the poll)."""
     deadline = time.monotonic() + timeout
     conn = sqlite3.connect(Backend.path(url), timeout=30)
@@ -312,6 +331,7 @@ def _wait_all_final_sqlite(url: str, n: int, timeout: float) -> float:
                                 FINAL).fetchone()[0]
             if done >= n:
                 break
+            wp.check()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {done}/{n} tasks finished after {timeout}s")
             time.sleep(POLL_COMPLETION_S)
@@ -358,19 +378,23 @@ def bench_process(backend: Backend, n: int, task_key: str, metric: str) -> dict[
 
         async def pre() -> str | None:
             app, tasks = T.make_app(url)
-            first, _ = await enqueue(app, tasks)
-            await app.aclose()
+            await app.broker()
+            writer = _writer(url)
+            try:
+                first, _ = await enqueue(app, tasks)
+            finally:
+                await app.aclose()
+                _stop(writer)
             return first
 
         try:
             first = asyncio.run(pre())
-            _stop_writer(url)
             total = n + (1 if probe else 0)
             if _sqlite_count(url, "status = 'pending'") != total:
                 raise RuntimeError("pre-enqueue failed")
             wp.wait_ready()
             t0 = wp.go()
-            last = _wait_all_final_sqlite(url, total, timeout)
+            last = _wait_all_final_sqlite(url, total, timeout, wp)
         finally:
             wp.stop()
         probe_start = None
@@ -388,7 +412,8 @@ def bench_process(backend: Backend, n: int, task_key: str, metric: str) -> dict[
         t0 = time.time()
         running = asyncio.create_task(worker.run())
         try:
-            last = await _wait_all_final_memory(app, ([first] if first else []) + ids, timeout)
+            last = await _wait_all_final_memory(app, ([first] if first else []) + ids, timeout,
+                                                running)
             probe_start = None
             if first is not None:
                 rec = await app.get_task(first)
@@ -408,13 +433,21 @@ def bench_process(backend: Backend, n: int, task_key: str, metric: str) -> dict[
 # latency
 # --------------------------------------------------------------------------------------------
 
-async def _probe_loop(app: LiteTask, probe: Any, n: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+async def _probe_loop(app: LiteTask, probe: Any, n: int, check: Callable[[], None],
+                      warmup: int = 3) -> tuple[list[float], list[float]]:
     """n sequential probes: returns (enqueue-to-start, start-to-outcome-stored) in ms."""
     lat, lag = [], []
     for i in range(warmup + n):
         t0 = time.time()
         tid = await probe.adelay()
-        rec = await app.wait(tid, timeout=30)
+        for _ in range(30):
+            try:
+                rec = await app.wait(tid, timeout=1.0)
+                break
+            except TimeoutError:
+                check()  # raises if the worker is gone
+        else:
+            raise RuntimeError(f"latency probe {tid} did not finish within 30 s")
         if rec.status.value != "completed" or rec.finished_at is None:
             raise RuntimeError(f"latency probe ended {rec.status.value}: {rec.error}")
         if i >= warmup:
@@ -435,32 +468,40 @@ def bench_latency(backend: Backend, n: int, poll: float | None = None, prefix: s
     """
     url = backend.url(prefix)
 
-    async def run(worker_in_loop: bool) -> tuple[list[float], list[float]]:
+    async def run(wp: WorkerProcess | None) -> tuple[list[float], list[float]]:
         app, tasks = T.make_app(url)
-        await app.broker()
+        await app.broker()  # creates the file before the worker process opens it
+        writer = _writer(url)
         worker = running = None
-        if worker_in_loop:
+        if wp is not None:
+            wp.wait_ready()
+            wp.go()
+            check = wp.check
+        else:
             worker = Worker(app, concurrency=CONCURRENCY, install_signal_handlers=False)
             running = asyncio.create_task(worker.run())
+
+            def check() -> None:
+                if running.done():
+                    running.result()
+                    raise RuntimeError("the worker stopped")
         try:
-            return await _probe_loop(app, tasks[probe_key], n)
+            return await _probe_loop(app, tasks[probe_key], n, check)
         finally:
             if worker is not None and running is not None:
                 worker.stop()
                 await running
             await app.aclose()
+            _stop(writer)
 
     if backend.kind == "sqlite":
         wp = WorkerProcess(url, poll=poll)
         try:
-            wp.wait_ready()
-            wp.go()
-            lat, lag = asyncio.run(run(False))
+            lat, lag = asyncio.run(run(wp))
         finally:
             wp.stop()
-            _stop_writer(url)
     else:
-        lat, lag = asyncio.run(run(True))
+        lat, lag = asyncio.run(run(None))
     out = {f"{prefix}_p50_ms": _pct(lat, 50), f"{prefix}_p95_ms": _pct(lat, 95)}
     if lag_prefix:
         out[f"{lag_prefix}_p50_ms"] = _pct(lag, 50)
@@ -653,6 +694,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(msg, file=sys.stderr, flush=True)
 
     workdir = tempfile.mkdtemp(prefix="litetask_bench_")
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     huey: dict[str, float] = {}
     huey_normal: dict[str, float] = {}
@@ -684,10 +726,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
         "cpus": os.cpu_count(), "platform": platform.platform(),
         "litetask_async": litetask_async.__version__, "huey": huey_version, **_git_state(),
+        "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     print(f"litetask_async {env['litetask_async']} vs huey {huey_version} | python {env['python']}, "
           f"SQLite {env['sqlite']}, {env['cpus']} CPUs | n={args.n}, concurrent={CONCURRENT_ENQUEUES}, "
-          f"latency probes={args.n_latency}, worker concurrency={CONCURRENCY} | total {total:.1f}s")
+          f"latency probes={args.n_latency}, worker concurrency={CONCURRENCY} | total {total:.1f}s, "
+          f"load avg {env['loadavg_1min_before_after'][0]} -> {env['loadavg_1min_before_after'][1]}")
     print(render_table(lt_sqlite, lt_memory, huey))
     if huey_normal:
         print()

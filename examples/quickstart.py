@@ -4,9 +4,9 @@ Run it from anywhere (it needs no database server):
 
     python examples/quickstart.py
 
-It stores its tasks in ``./quickstart.db`` (an SQLite file in the current directory, removed at
-start so every run begins empty), enqueues three tasks, runs a worker inside the same script,
-waits for the results and prints them.
+It stores its tasks in ``./litetask.db``, the default SQLite file of ``LiteTask()`` in the
+current directory, enqueues three tasks, runs a worker inside the same script, waits for the
+results and prints them.
 
 - ``add`` is a plain ``def``: the worker runs it in its process pool, so it may burn CPU without
   blocking anything. Pool processes are started with *spawn* and import this file again, which is
@@ -25,13 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
 
 from litetask_async import LiteTask, TaskProgress, TaskStatus
 
-DB_FILE = "quickstart.db"
-
-app = LiteTask(f"sqlite:///{DB_FILE}")
+app = LiteTask()  # the default: the SQLite file ./litetask.db, no server needed
 
 
 @app.task
@@ -101,8 +98,6 @@ async def run(add_id: str) -> None:
 
 
 def main() -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(DB_FILE + suffix).unlink(missing_ok=True)
     started = time.monotonic()
 
     # Enqueue from sync code: returns the id as soon as the task is stored.

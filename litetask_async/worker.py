@@ -193,7 +193,10 @@ class Worker:
         c = r.claimed
         try:
             outcome = await self._attempt(r)
-        except BaseException as exc:  # a bug here must not lose the task
+        except asyncio.CancelledError:
+            # Cancelled from outside (the loop is shutting down): put the task back, not lost.
+            outcome = self._outcome(c, OutcomeKind.RELEASE)
+        except Exception as exc:  # a bug here must not lose the task
             log.exception("internal error while running task %s", c.id)
             outcome = self._outcome(c, OutcomeKind.FAILED, error_json=error_payload(exc, "InternalError"))
         self._running.pop(c.id, None)

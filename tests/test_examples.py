@@ -89,7 +89,7 @@ def _assert_progress_moves(seen: list[int], stdout: str) -> None:
 
 def check_quickstart(proc: subprocess.CompletedProcess[str], cwd: Path) -> None:
     _assert_progress_moves(_progress_values(proc.stdout, r"^crunch \[[#.]{30}\]\s+(\d+)%"), proc.stdout)
-    assert (cwd / "quickstart.db").is_file()  # the default place: the current directory
+    assert (cwd / "litetask.db").is_file()  # the default place: the current directory
     # A second run starts from an empty database again and works the same.
     again = run_example("quickstart.py", cwd)
     assert re.search(r"^add\(2, 3\) = 5$", again.stdout, re.MULTILINE), again.stdout
