@@ -49,7 +49,12 @@ def report_start(key: str) -> None:
 # >= 2 * batch_size). "global": qm.run(batch_size=C//2, max_concurrent_tasks=C) -- the
 # per-worker cap. "entrypoint": @qm.entrypoint(concurrency_limit=C) with batch_size=C -- the
 # per-entrypoint cap enforced in SQL across all workers (with one worker: the same cap).
-PGQ_MODES = ("global", "entrypoint")
+# "unlimited": pgqueuer's defaults (batch_size=10, no cap) -- NOT concurrency-limited, so not
+# the benchmark's workload; only to show pgqueuer's ceiling on this machine.
+PGQ_MODES = ("global", "entrypoint", "unlimited")
+# pgqueuer driver of the worker: "conn" = AsyncpgDriver(one connection), as in pgqueuer's own
+# benchmark tool; "pool" = AsyncpgPoolDriver(asyncpg pool).
+PGQ_DRIVERS = ("conn", "pool")
 
 
 def libversion(lib: str) -> str:
@@ -262,9 +267,16 @@ class PgQueuerWorker(WorkerSide):
     async def open(self) -> None:
         from pgqueuer import AsyncpgDriver, Queries, QueueManager
 
+        from pgqueuer import AsyncpgPoolDriver
+
         mode = self.options.get("pgq_mode", "global")
-        self._conn = await asyncpg.connect(self.url)
-        self.qm = QueueManager(Queries(AsyncpgDriver(self._conn)))
+        if self.options.get("pgq_driver", "conn") == "pool":
+            self._conn = await asyncpg.create_pool(self.url, min_size=2, max_size=self.concurrency + 2)
+            driver: Any = AsyncpgPoolDriver(self._conn)
+        else:
+            self._conn = await asyncpg.connect(self.url)
+            driver = AsyncpgDriver(self._conn)
+        self.qm = QueueManager(Queries(driver))
         c = self.concurrency
         if mode == "global":
             self.qm.entrypoint(TASK_NAME)(_pgq_noop)
@@ -272,6 +284,9 @@ class PgQueuerWorker(WorkerSide):
         elif mode == "entrypoint":
             self.qm.entrypoint(TASK_NAME, concurrency_limit=c)(_pgq_noop)
             self.run_kw = {"batch_size": c}
+        elif mode == "unlimited":
+            self.qm.entrypoint(TASK_NAME)(_pgq_noop)
+            self.run_kw = {"batch_size": 10}
         else:
             raise ValueError(f"unknown pgqueuer mode {mode!r}")
 

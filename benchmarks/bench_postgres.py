@@ -333,7 +333,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     else:
         base_url, server = get_postgres_url()
     made: list[str] = []
-    options = {"pgq_mode": args.pgq_mode, "proc_pool": args.proc_pool}
+    options = {"pgq_mode": args.pgq_mode, "pgq_driver": args.pgq_driver, "proc_pool": args.proc_pool}
     loop = "uvloop" if args.uvloop else "asyncio"
     results: dict[str, dict[str, Any]] = {lib: {} for lib in args.libs}
     t_all = time.perf_counter()
@@ -427,6 +427,8 @@ def main() -> None:
     p.add_argument("--uvloop", action="store_true", help="run every process on uvloop (all libraries)")
     p.add_argument("--pgq-mode", choices=A.PGQ_MODES, default="global",
                    help="how pgqueuer's worker is capped at --concurrency (see _pg_adapters.py)")
+    p.add_argument("--pgq-driver", choices=A.PGQ_DRIVERS, default="conn",
+                   help="pgqueuer worker driver: one asyncpg connection (default) or an asyncpg pool")
     p.add_argument("--proc-pool", type=int, default=None,
                    help="procrastinate worker pool size (default concurrency+2; 0 = library default 4)")
     p.add_argument("--libs", default=",".join(A.LIBS), help="comma-separated subset of " + ",".join(A.LIBS))
@@ -437,7 +439,12 @@ def main() -> None:
     if args.proc_pool is None:
         args.proc_pool = args.concurrency + 2
 
-    out = asyncio.run(amain(args))
+    if args.uvloop:
+        import uvloop
+
+        out = uvloop.run(amain(args))
+    else:
+        out = asyncio.run(amain(args))
     v = out["versions"]
     print()
     print(f"PostgreSQL benchmark: {args.n:,} no-op async tasks, 1 worker subprocess at concurrency "

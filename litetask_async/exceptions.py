@@ -7,7 +7,8 @@ All of them derive from one root, :class:`LiteTaskError`::
     ├── SerializationError         (also a TypeError) arguments or results that are not JSON
     ├── TaskNotFound               (also a KeyError) no task with this id
     ├── BrokerUnavailable          the database cannot be reached (after retries)
-    └── WorkerError                the worker cannot go on
+    ├── WorkerError                the worker cannot go on
+    └── Retry                      raised by a task to ask for another attempt
 
 Errors recorded on a task (not raised to callers) use these names as ``error["type"]``:
 ``TaskTimeout``, ``WorkerLost``, ``ProcessDied``, ``UnknownTask``, ``PayloadError``.
@@ -45,3 +46,20 @@ class WorkerError(LiteTaskError, RuntimeError):
 
 class TaskTimeout(LiteTaskError, TimeoutError):
     """A task ran longer than its ``timeout``; recorded as the task's error."""
+
+
+class Retry(LiteTaskError):
+    """Raise inside a task to ask for another attempt after ``delay`` seconds.
+
+    The request is granted while the task has attempts left (``retries=N``); it counts as an
+    attempt and is kept in the task's ``errors`` with its ``reason``. Without ``delay`` the task's
+    usual backoff applies. Once attempts are used up the task ends ``failed``.
+    """
+
+    def __init__(self, reason: str = "the task asked to be retried", delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Retry, (self.reason, self.delay))

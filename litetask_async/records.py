@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +43,8 @@ class TaskRecord:
     """Everything stored about one task.
 
     ``result`` is the JSON-decoded return value (a returned model is stored as its dict).
-    ``error`` is None or a dict with ``type``, ``message`` and ``traceback``.
+    ``error`` is None or a dict with ``type``, ``message``, ``traceback``, ``attempt`` and ``at``
+    (ISO time); ``errors`` lists the error of every attempt that failed, oldest first.
     Timestamps are aware UTC datetimes.
     """
 
@@ -65,6 +66,7 @@ class TaskRecord:
     max_attempts: int = 1
     worker_id: str | None = None
     heartbeat_at: datetime | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_final(self) -> bool:

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .brokers.base import Broker, RunningUpdate, error_payload
-from .exceptions import SerializationError, WorkerError
+from .exceptions import Retry, SerializationError, WorkerError
 from .executor import ChildError, ProcessDied, ProcessRunner
 from .progress import TaskProgress
 from .records import ClaimedTask, Outcome, OutcomeKind
@@ -85,6 +85,7 @@ class Worker:
         self._pool: ProcessRunner | None = None
         self._broker: Broker | None = None
         self._signals = 0
+        self._retry_due: list[float] = []
         self.processed = 0
 
     # --- public control ---
@@ -169,7 +170,16 @@ class Worker:
             for c in claimed:
                 self._start(c)
             if len(claimed) < free:
-                await self._wait_any(broker.wait_for_work(self.poll_interval))
+                await self._wait_any(broker.wait_for_work(self._idle_timeout()))
+
+    def _idle_timeout(self) -> float:
+        """How long to wait for a wake-up: the poll interval, or less when a task this worker
+        put back for a retry falls due sooner."""
+        now = time.monotonic()
+        self._retry_due = [t for t in self._retry_due if t > now]
+        if not self._retry_due:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, min(self._retry_due) - now + 0.005))
 
     async def _wait_any(self, aw: Awaitable[Any]) -> None:
         """Wait for ``aw`` or for the stop signal, whichever comes first."""
@@ -198,7 +208,8 @@ class Worker:
             outcome = self._outcome(c, OutcomeKind.RELEASE)
         except Exception as exc:  # a bug here must not lose the task
             log.exception("internal error while running task %s", c.id)
-            outcome = self._outcome(c, OutcomeKind.FAILED, error_json=error_payload(exc, "InternalError"))
+            outcome = self._outcome(c, OutcomeKind.FAILED,
+                                    error_json=error_payload(exc, "InternalError", attempt=c.attempts))
         self._running.pop(c.id, None)
         self._progress.pop(c.id, None)
         self._outcomes.append(outcome)
@@ -238,7 +249,7 @@ class Worker:
         except asyncio.CancelledError:
             if r.stop_reason == "cancel":
                 return self._outcome(c, OutcomeKind.CANCELLED, error_json=error_payload(
-                    None, "Cancelled", "the task was cancelled while running"))
+                    None, "Cancelled", "the task was cancelled while running", attempt=c.attempts))
             if r.stop_reason == "shutdown":
                 return self._outcome(c, OutcomeKind.RELEASE)
             raise
@@ -248,7 +259,12 @@ class Worker:
             return self._fail(c, exc, "TaskTimeout", str(exc), task=task)
         except ProcessDied as exc:
             return self._fail(c, exc, "ProcessDied", str(exc), task=task)
+        except Retry as exc:
+            return self._fail(c, exc, "Retry", exc.reason, task=task, delay=exc.delay)
         except ChildError as exc:
+            if isinstance(exc.original, Retry):
+                return self._fail(c, exc.original, "Retry", exc.original.reason, task=task,
+                                  delay=exc.original.delay, tb=exc.traceback)
             if exc.type_name == "SerializationError":
                 return self._fail(c, None, "SerializationError", exc.message, retry=False, tb=exc.traceback)
             return self._fail(c, exc.original, exc.type_name, exc.message, task=task, tb=exc.traceback)
@@ -269,13 +285,14 @@ class Worker:
                        pid=r.pid if r is not None else None, **kw)
 
     def _fail(self, c: ClaimedTask, exc: BaseException | None, type_name: str, message: str, *,
-              task: Task[Any, Any] | None = None, retry: bool = True, tb: str | None = None) -> Outcome:
-        err = error_payload(exc, type_name, message)
-        if tb is not None:
-            err = json.dumps({**json.loads(err), "traceback": tb})
+              task: Task[Any, Any] | None = None, retry: bool = True, tb: str | None = None,
+              delay: float | None = None) -> Outcome:
+        err = error_payload(exc, type_name, message, attempt=c.attempts, tb=tb)
         if task is not None and retry and c.attempts < c.max_attempts and (
-                task.retry_on is None or (exc is not None and isinstance(exc, task.retry_on))):
-            delay = task.retry_backoff * (2 ** (c.attempts - 1)) * random.uniform(0.5, 1.0)
+                task.retry_on is None or isinstance(exc, (Retry, *task.retry_on))):
+            if delay is None:
+                delay = task.retry_backoff * (2 ** (c.attempts - 1)) * random.uniform(0.5, 1.0)
+            self._retry_due.append(time.monotonic() + delay)
             log.info("task %s (%s) failed on attempt %d, retrying in %.2fs: %s: %s",
                      c.id, c.name, c.attempts, delay, type_name, message)
             return self._outcome(c, OutcomeKind.RETRY, error_json=err, retry_delay=delay)

@@ -127,6 +127,28 @@ async def flaky_async(key: str, failures: int) -> int:
     return n
 
 
+def retry_me_pool(key_file: str, times: int) -> int:
+    """Asks for a retry (with its own short delay) ``times`` times, counting runs in a file."""
+    from litetask_async import Retry
+
+    with open(key_file, "a+") as f:
+        f.seek(0)
+        n = len(f.read()) + 1
+        f.write("x")
+    if n <= times:
+        raise Retry(f"not yet ({n})", delay=0.05)
+    return n
+
+
+async def retry_me_async(key: str, times: int) -> int:
+    from litetask_async import Retry
+
+    n = _flaky_calls[key] = _flaky_calls.get(key, 0) + 1
+    if n <= times:
+        raise Retry(f"not yet ({n})", delay=0.05)
+    return n
+
+
 def record_effect(path: str, n: int) -> int:
     """Side effect for exactly-once checks: append one line per execution."""
     with open(path, "a") as f:
@@ -147,6 +169,10 @@ def register(app: LiteTask) -> dict[str, Any]:
            aunserialisable_result, crash_pool, record_effect, arecord_effect]
     tasks = {fn.__name__: app.task(fn) for fn in fns}
     tasks["flaky_async"] = app.task(flaky_async, retries=3, retry_backoff=0.01)
+    tasks["retry_me_pool"] = app.task(retry_me_pool, retries=2, retry_backoff=30)
+    tasks["retry_me_async"] = app.task(retry_me_async, retries=2, retry_backoff=30)
+    tasks["only_conn_errors"] = app.task(fail_async, name="only_conn_errors", retries=3,
+                                         retry_backoff=0.01, retry_on=(ConnectionError,))
     tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)
     tasks["timeout_async"] = app.task(sleep_async, name="timeout_async", timeout=0.2)
     return tasks

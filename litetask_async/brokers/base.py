@@ -12,6 +12,7 @@ import json
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ..records import ClaimedTask, NewTask, Outcome, TaskRecord, TaskStatus, utc_from_timestamp
@@ -94,27 +95,28 @@ class Broker(abc.ABC):
         """Return when new work may be available, or after ``timeout`` seconds."""
 
 
-def error_payload(exc: BaseException | None, type_name: str | None = None, message: str | None = None) -> str:
-    """The JSON stored as a task's error: type, message and traceback."""
-    if exc is not None:
+def error_payload(exc: BaseException | None, type_name: str | None = None, message: str | None = None,
+                  *, attempt: int | None = None, tb: str | None = None) -> str:
+    """The JSON stored as a task's error: type, message, traceback, attempt number and time."""
+    if tb is None and exc is not None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        payload: dict[str, Any] = {
-            "type": type_name or type(exc).__name__,
-            "message": message if message is not None else str(exc),
-            "traceback": tb,
-        }
-    else:
-        payload = {"type": type_name or "Error", "message": message or "", "traceback": None}
+    payload: dict[str, Any] = {
+        "type": type_name or (type(exc).__name__ if exc is not None else "Error"),
+        "message": message if message is not None else (str(exc) if exc is not None else ""),
+        "traceback": tb,
+        "attempt": attempt,
+        "at": datetime.now(UTC).isoformat(),
+    }
     return json.dumps(payload)
 
 
-def worker_lost_error(timeout: float, rescues: int) -> str:
-    """The error recorded on a task whose worker vanished too many times."""
+def worker_lost_error(timeout: float, max_rescues: int) -> str:
+    """The error recorded when a task's worker vanished (the broker adds the attempt number)."""
     return error_payload(
         None,
         "WorkerLost",
-        f"the worker running this task stopped heartbeating for {timeout:g}s; "
-        f"the task was already taken up again {rescues} time(s), so it is failed",
+        f"the worker running this attempt stopped heartbeating for {timeout:g}s; the task is "
+        f"put back to pending, or failed once it has been taken up again {max_rescues} time(s)",
     )
 
 
@@ -125,6 +127,7 @@ def record_from_row(row: dict[str, Any]) -> TaskRecord:
         args=_loads_or_raw(row["args"]), kwargs=_loads_or_raw(row["kwargs"]),
         result=None if row["result"] is None else _loads_or_raw(row["result"]),
         error=None if row["error"] is None else _loads_or_raw(row["error"]),
+        errors=_loads_or_raw(row.get("errors") or "[]"),
         pid=row["pid"], attempts=row["attempts"],
         created_at=utc_from_timestamp(row["created_at"]),  # type: ignore[arg-type]
         started_at=utc_from_timestamp(row["started_at"]),

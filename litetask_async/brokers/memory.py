@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ class _Row:
     progress: int = 0
     result: str | None = None
     error: str | None = None
+    errors: str = "[]"
     pid: int | None = None
     attempts: int = 0
     rescues: int = 0
@@ -82,7 +84,7 @@ def _apply_outcome(row: _Row, out: Outcome, now: float) -> None:
     if out.pid is not None:
         row.pid = out.pid
     if out.error_json is not None:
-        row.error = out.error_json
+        _add_error(row, out.error_json)
     if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
         row.status = TaskStatus.PENDING
         row.worker_id = None
@@ -199,13 +201,14 @@ class MemoryBroker(Broker):
             for row in st.rows.values():
                 if row.status is not TaskStatus.RUNNING or (row.heartbeat_at or 0) >= cutoff:
                     continue
+                lost = json.loads(worker_lost_error(timeout, max_rescues))
+                _add_error(row, json.dumps({**lost, "attempt": row.attempts}))
                 if row.rescues < max_rescues:
                     row.status = TaskStatus.PENDING
                     row.max_attempts += 1
                     row.run_at = now
                 else:
                     row.status = TaskStatus.FAILED
-                    row.error = worker_lost_error(timeout, row.rescues)
                     row.finished_at = now
                 row.rescues += 1
                 row.worker_id = None
@@ -246,6 +249,11 @@ class MemoryBroker(Broker):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
         event.clear()
+
+
+def _add_error(row: _Row, error_json: str) -> None:
+    row.error = error_json
+    row.errors = json.dumps([*json.loads(row.errors), json.loads(error_json)])
 
 
 def _record(row: _Row) -> TaskRecord:

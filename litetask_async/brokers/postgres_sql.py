@@ -81,6 +81,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             FOR EACH STATEMENT EXECUTE FUNCTION litetask_notify()
         """,
     ),
+    # Every attempt's error, oldest first (``error`` keeps the last one).
+    2: ("ALTER TABLE litetask_tasks ADD COLUMN errors jsonb NOT NULL DEFAULT '[]'",),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -119,6 +121,7 @@ UPDATE litetask_tasks t
 SET status = u.status,
     result = coalesce(u.result::jsonb, t.result),
     error = coalesce(u.error::jsonb, t.error),
+    errors = CASE WHEN u.error IS NULL THEN t.errors ELSE t.errors || jsonb_build_array(u.error::jsonb) END,
     finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END,
     run_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.delay) ELSE t.run_at END,
     max_attempts = t.max_attempts + u.giveback,
@@ -157,7 +160,8 @@ WITH stalled AS (
 UPDATE litetask_tasks t
 SET status = CASE WHEN t.rescues < $1 THEN 'pending' ELSE 'failed' END,
     max_attempts = t.max_attempts + CASE WHEN t.rescues < $1 THEN 1 ELSE 0 END,
-    error = CASE WHEN t.rescues < $1 THEN t.error ELSE $2::jsonb END,
+    error = $2::jsonb || jsonb_build_object('attempt', t.attempts),
+    errors = t.errors || jsonb_build_array($2::jsonb || jsonb_build_object('attempt', t.attempts)),
     finished_at = CASE WHEN t.rescues < $1 THEN NULL ELSE now() END,
     run_at = now(),
     rescues = t.rescues + 1,
@@ -189,7 +193,7 @@ SELECT id FROM litetask_tasks WHERE id = ANY($1::text[]) AND cancel_requested
 
 SELECT_ONE = """
 SELECT id, name, queue, priority, status, progress, args::text AS args, kwargs::text AS kwargs,
-       result::text AS result, error::text AS error, pid, attempts, max_attempts, worker_id,
+       result::text AS result, error::text AS error, errors::text AS errors, pid, attempts, max_attempts, worker_id,
        extract(epoch FROM created_at)::float8 AS created_at,
        extract(epoch FROM started_at)::float8 AS started_at,
        extract(epoch FROM finished_at)::float8 AS finished_at,

@@ -103,8 +103,7 @@ class SQLiteWriter:
     def _serve(self) -> None:
         try:
             conn = _connect(self.path)
-            for stmt in sql.SCHEMA:
-                self._with_retry(conn, partial(conn.execute, stmt))
+            self._with_retry(conn, partial(_migrate, conn))
         except BaseException as exc:
             self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
@@ -246,6 +245,27 @@ def path_from_url(url: str) -> str:
         raise ConfigurationError(
             "an in-memory SQLite database cannot be shared by workers; use 'memory://' instead")
     return str(Path(path).expanduser().resolve())
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Apply pending migrations in one immediate transaction (other processes wait for it)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(sql.CREATE_META)
+        row = conn.execute(sql.GET_SCHEMA_VERSION).fetchone()
+        current = int(row[0]) if row else 0
+        if current > sql.LATEST_VERSION:
+            raise ConfigurationError(
+                f"the database has schema version {current}, newer than this litetask_async "
+                f"knows ({sql.LATEST_VERSION}); upgrade litetask_async")
+        for version in range(current + 1, sql.LATEST_VERSION + 1):
+            for stmt in sql.MIGRATIONS[version]:
+                conn.execute(stmt)
+            conn.execute(sql.SET_VERSION, (str(version),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # --- operations run in the writer thread (each inside the batch transaction) ---

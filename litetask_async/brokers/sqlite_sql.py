@@ -4,60 +4,67 @@ Times are REAL seconds since the epoch, passed in by the caller (one SQLite file
 machine, so there is one clock). ``seq`` keeps enqueue order for ties in priority.
 """
 
-SCHEMA_VERSION = 1
-
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
 
-SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS litetask_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS litetask_tasks (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        queue TEXT NOT NULL DEFAULT 'default',
-        priority INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL DEFAULT 'pending'
-            CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
-        progress INTEGER NOT NULL DEFAULT 0,
-        args TEXT NOT NULL,
-        kwargs TEXT NOT NULL,
-        result TEXT,
-        error TEXT,
-        pid INTEGER,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        max_attempts INTEGER NOT NULL DEFAULT 1,
-        rescues INTEGER NOT NULL DEFAULT 0,
-        worker_id TEXT,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        created_at REAL NOT NULL,
-        run_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL,
-        heartbeat_at REAL
-    )
-    """,
-    # The claim reads this index only: pending rows in claim order.
-    """
-    CREATE INDEX IF NOT EXISTS litetask_tasks_pending
-        ON litetask_tasks (priority DESC, seq) WHERE status = 'pending'
-    """,
-    # The rescuer reads this one: running rows by heartbeat age.
-    """
-    CREATE INDEX IF NOT EXISTS litetask_tasks_running
-        ON litetask_tasks (heartbeat_at) WHERE status = 'running'
-    """,
-    "INSERT OR IGNORE INTO litetask_meta (key, value) VALUES ('schema_version', '1')",
-)
+CREATE_META = """
+CREATE TABLE IF NOT EXISTS litetask_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+"""
+
+SET_VERSION = """
+INSERT INTO litetask_meta (key, value) VALUES ('schema_version', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
+# Migration n brings the schema from version n-1 to n. Never edit a released one; add the next.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE litetask_tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            queue TEXT NOT NULL DEFAULT 'default',
+            priority INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+            progress INTEGER NOT NULL DEFAULT 0,
+            args TEXT NOT NULL,
+            kwargs TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            pid INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 1,
+            rescues INTEGER NOT NULL DEFAULT 0,
+            worker_id TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            run_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            heartbeat_at REAL
+        )
+        """,
+        # The claim reads this index only: pending rows in claim order.
+        """
+        CREATE INDEX litetask_tasks_pending
+            ON litetask_tasks (priority DESC, seq) WHERE status = 'pending'
+        """,
+        # The rescuer reads this one: running rows by heartbeat age.
+        """
+        CREATE INDEX litetask_tasks_running
+            ON litetask_tasks (heartbeat_at) WHERE status = 'running'
+        """,
+    ),
+    # Every attempt's error, oldest first (``error`` keeps the last one).
+    2: ("ALTER TABLE litetask_tasks ADD COLUMN errors TEXT NOT NULL DEFAULT '[]'",),
+}
+
+LATEST_VERSION = max(MIGRATIONS)
 
 GET_SCHEMA_VERSION = "SELECT value FROM litetask_meta WHERE key = 'schema_version'"
 
@@ -88,6 +95,7 @@ UPDATE litetask_tasks
 SET status = ?1,
     result = coalesce(?2, result),
     error = coalesce(?3, error),
+    errors = CASE WHEN ?3 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?3)) END,
     finished_at = ?4,
     run_at = coalesce(?5, run_at),
     max_attempts = max_attempts + ?6,
@@ -114,7 +122,8 @@ REQUEUE_STALLED = """
 UPDATE litetask_tasks
 SET status = CASE WHEN rescues < ?2 THEN 'pending' ELSE 'failed' END,
     max_attempts = max_attempts + CASE WHEN rescues < ?2 THEN 1 ELSE 0 END,
-    error = CASE WHEN rescues < ?2 THEN error ELSE ?3 END,
+    error = json_set(?3, '$.attempt', attempts),
+    errors = json_insert(errors, '$[#]', json(json_set(?3, '$.attempt', attempts))),
     finished_at = CASE WHEN rescues < ?2 THEN NULL ELSE ?1 END,
     run_at = ?1,
     rescues = rescues + 1,

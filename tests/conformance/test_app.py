@@ -7,6 +7,7 @@ import json
 import os
 import re
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -134,12 +135,39 @@ async def test_undecodable_payload_fails_only_that_task(app: LiteTask) -> None:
     assert rgood.status is TaskStatus.COMPLETED
 
 
-async def test_retries_then_success(app: LiteTask) -> None:
+async def test_retries_then_success_with_error_history(app: LiteTask) -> None:
     t = jobs.register(app)
     async with running_worker(app):
         tid = await t["flaky_async"].adelay(f"k-{app.url}", 2)
         rec = await app.wait(tid, 20)
     assert rec.status is TaskStatus.COMPLETED and rec.result == 3 and rec.attempts == 3
+    assert [e["attempt"] for e in rec.errors] == [1, 2]
+    assert [e["message"] for e in rec.errors] == ["flaky failure 1", "flaky failure 2"]
+    assert all(e["type"] == "ConnectionError" and e["at"] for e in rec.errors)
+
+
+async def test_retries_run_out_and_retry_on_filters(app: LiteTask) -> None:
+    t = jobs.register(app)
+    async with running_worker(app):
+        out = await app.wait(await t["flaky_async"].adelay(f"out-{app.url}", 10), 20)
+        other = await app.wait(await t["only_conn_errors"].adelay("a ValueError"), 20)
+    assert out.status is TaskStatus.FAILED and out.attempts == 4 and len(out.errors) == 4
+    assert out.error is not None and out.error["message"] == "flaky failure 4"  # the last error
+    assert other.status is TaskStatus.FAILED and other.attempts == 1  # not a retry_on type
+
+
+async def test_retry_exception_with_its_own_delay(app: LiteTask, tmp_path: Path) -> None:
+    t = jobs.register(app)
+    async with running_worker(app):
+        # retry_backoff is 30 s: finishing fast proves the Retry's own 0.05 s delay was used
+        p = await app.wait(await t["retry_me_pool"].adelay(str(tmp_path / "count"), 2), 20)
+        a = await app.wait(await t["retry_me_async"].adelay(f"r-{app.url}", 2), 20)
+        gave_up = await app.wait(await t["retry_me_async"].adelay(f"r2-{app.url}", 5), 20)
+    for rec in (p, a):
+        assert rec.status is TaskStatus.COMPLETED and rec.result == 3 and rec.attempts == 3
+        assert [e["type"] for e in rec.errors] == ["Retry", "Retry"]
+        assert rec.errors[0]["message"] == "not yet (1)"
+    assert gave_up.status is TaskStatus.FAILED and gave_up.attempts == 3
 
 
 async def test_timeouts_stop_async_and_pool_tasks(app: LiteTask) -> None:
