@@ -176,7 +176,9 @@ class LiteTask:
             return await migrate_database(self.url)
         await broker.open()
         await broker.close()
-        return 1
+        from .brokers.sqlite_sql import LATEST_VERSION
+
+        return LATEST_VERSION if self.url.startswith("sqlite") else 1
 
     # --- async API ---
 

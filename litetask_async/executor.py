@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.context
 import os
 import pickle
@@ -66,6 +67,17 @@ def _child_init(q: Any) -> None:
     _child_queue = q
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker killed with SIGKILL cannot stop its pool: the orphan would finish its task (a
+    # duplicate run, since the task is rescued elsewhere) and linger. Die with the parent.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True,
+                         name="litetask-parent-watch").start()
+
+
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _child_progress(task_id: str, pct: int) -> None:

@@ -82,6 +82,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._flush_wanted = asyncio.Event()
+        self._outcome_ready = asyncio.Event()
         self._pool: ProcessRunner | None = None
         self._broker: Broker | None = None
         self._signals = 0
@@ -214,6 +215,7 @@ class Worker:
         self._progress.pop(c.id, None)
         self._outcomes.append(outcome)
         self.processed += 1
+        self._outcome_ready.set()
         self._flush_wanted.set()
         self._slot_freed.set()
 
@@ -364,7 +366,10 @@ class Worker:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             if not self._outcomes and not self._stopping.is_set():
-                await asyncio.sleep(0.2)  # coalesce progress-only writes
+                # Only progress to write: gather more for a moment, but not past an outcome.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._outcome_ready.wait(), 0.2)
+            self._outcome_ready.clear()
             outcomes, self._outcomes = self._outcomes, []
             updates = [u for tid, u in self._progress.items() if tid in self._running]
             self._progress.clear()

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from litetask_async.brokers.postgres_sql import LATEST_VERSION
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,7 @@ def test_migrate_sqlite_and_postgres(tmp_path: Path, postgres_url: str) -> None:
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "m.db").exists()
     r = litetask("migrate", "--url", postgres_url)
-    assert r.returncode == 0 and "version 1" in r.stdout, r.stderr
+    assert r.returncode == 0 and f"version {LATEST_VERSION}" in r.stdout, r.stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -47,8 +47,24 @@ def _connect(path: str) -> sqlite3.Connection:
                            timeout=BUSY_TIMEOUT_MS / 1000)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     for pragma in sql.PRAGMAS:
-        conn.execute(pragma)
+        # Switching a new file to WAL while another process does the same can report "locked"
+        # without going through the busy handler.
+        _retry_locked(partial(conn.execute, pragma))
     return conn
+
+
+def _retry_locked(op: Callable[[], T], timeout: float = BUSY_TIMEOUT_MS / 1000) -> T:
+    """Run ``op``, retrying with backoff while SQLite says the database is locked or busy."""
+    delay = 0.01
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return op()
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 _Op = tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
@@ -103,7 +119,7 @@ class SQLiteWriter:
     def _serve(self) -> None:
         try:
             conn = _connect(self.path)
-            self._with_retry(conn, partial(_migrate, conn))
+            _retry_locked(partial(_migrate, conn))
         except BaseException as exc:
             self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
@@ -127,24 +143,10 @@ class SQLiteWriter:
             self._run_batch(conn, batch)
         conn.close()
 
-    def _with_retry(self, conn: sqlite3.Connection, op: Callable[[], Any]) -> Any:
-        delay = 0.05
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        while True:
-            try:
-                return op()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
-            self._with_retry(conn, lambda: conn.execute("BEGIN IMMEDIATE"))
+            _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"))
             for fn, args, fut in batch:
                 if not fut.set_running_or_notify_cancel():
                     continue
@@ -156,7 +158,7 @@ class SQLiteWriter:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((fut, None, exc))
-            self._with_retry(conn, lambda: conn.execute("COMMIT"))
+            _retry_locked(partial(conn.execute, "COMMIT"))
             self.commits += 1
         except Exception as exc:
             if conn.in_transaction:

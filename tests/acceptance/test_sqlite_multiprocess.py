@@ -32,6 +32,15 @@ print("produced", n)
 """
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:  # a zombie is as good as gone
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
 def counts(db: Path) -> dict[str, int]:
     with sqlite3.connect(db) as conn:
         return dict(conn.execute("SELECT status, count(*) FROM litetask_tasks GROUP BY status").fetchall())
@@ -78,24 +87,29 @@ def test_sigkilled_worker_task_is_completed_by_the_other(tmp_path: Path, kind: s
                              capture_output=True, text=True, timeout=60, check=True)
         task_id = out.stdout.strip()
 
-        def row() -> tuple[str, str | None, int]:
+        def row() -> tuple[str, str | None, int, int]:
             with sqlite3.connect(db) as conn:
-                return conn.execute("SELECT status, worker_id, attempts FROM litetask_tasks WHERE id = ?",
+                return conn.execute("SELECT status, worker_id, attempts, pid FROM litetask_tasks WHERE id = ?",
                                     (task_id,)).fetchone()
 
         wait_until(lambda: row()[0] == "running", 60, "the task to start on worker 1")
         assert row()[1] is not None and f":{w1.pid}:" in row()[1]
+        if kind == "pool":
+            wait_until(lambda: row()[3] != w1.pid, 30, "the pool process's pid to be recorded")
+        runner_pid = row()[3]
         w2 = start_worker(url, tmp_path / "w2.log")
         os.kill(w1.pid, signal.SIGKILL)
         w1.wait(10)
+        # the pool process running the task dies with its worker instead of finishing the task
+        wait_until(lambda: not _alive(runner_pid), 10, "the orphaned pool process to exit")
         wait_until(lambda: row()[0] == "completed", 90, "the other worker to complete the task")
-        _status, worker_id, attempts = row()
+        _status, worker_id, attempts, pid = row()
         assert worker_id is not None and f":{w2.pid}:" in worker_id
         assert attempts == 2
-        assert effects(fx)[7] >= 1
+        # the killed worker never finished it: exactly one side effect, by the survivor
+        assert effects(fx)[7] == 1 and effect_pids(fx)[7] == {pid}
         if kind == "async":
-            # the killed worker never finished it: exactly one side effect, by the survivor
-            assert effects(fx)[7] == 1 and effect_pids(fx)[7] == {w2.pid}
+            assert pid == w2.pid
     finally:
         if w1.poll() is None:
             w1.kill()
