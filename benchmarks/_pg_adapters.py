@@ -265,9 +265,7 @@ class LiteTaskWorker(WorkerSide):
 
 class PgQueuerWorker(WorkerSide):
     async def open(self) -> None:
-        from pgqueuer import AsyncpgDriver, Queries, QueueManager
-
-        from pgqueuer import AsyncpgPoolDriver
+        from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Queries, QueueManager
 
         mode = self.options.get("pgq_mode", "global")
         if self.options.get("pgq_driver", "conn") == "pool":

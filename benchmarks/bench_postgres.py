@@ -44,9 +44,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+import _pg_adapters as A  # noqa: E402
 import asyncpg  # noqa: E402
 
-import _pg_adapters as A  # noqa: E402
 from tests.pg_server import create_database_async, get_postgres_url  # noqa: E402
 
 POLL_S = 0.02  # completion poll of the processing phase
@@ -109,7 +109,7 @@ class WorkerProc:
     async def _wait(self, what: str, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._events[what].wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"{self.lib} worker: no {what} within {timeout}s; "
                                f"rc={self.proc.returncode}; output: {self.other[-5:]}") from None
 
@@ -144,7 +144,7 @@ class WorkerProc:
         try:
             await self._wait("STOPPED", 40)
             await asyncio.wait_for(self.proc.wait(), 10)
-        except (RuntimeError, asyncio.TimeoutError):
+        except (TimeoutError, RuntimeError):
             log(f"  [{self.lib} worker] did not stop cleanly; killing it")
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
@@ -295,7 +295,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def render(results: dict[str, dict[str, Any]], concurrency: int) -> str:
     head = ["metric", "litetask", "pgqueuer", "procrastinate", "lt/pgq", "lt/proc", "target (lt/pgq)"]
     lines = []
-    for label, key, better, fmt in ROWS:
+    for label, key, _better, fmt in ROWS:
         vals = [results.get(lib, {}).get(key) for lib in A.LIBS]
         cells = [label.format(c=concurrency)]
         cells += ["-" if v is None else fmt.format(v) for v in vals]
@@ -401,9 +401,25 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                      "python": platform.python_version(), "asyncpg": _v("asyncpg"),
                      "psycopg": _v("psycopg"), "sqlalchemy": _v("SQLAlchemy")},
         "server": {"version": server_version, "embedded": server is not None, "settings": settings},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_at_end": os.getloadavg()},
+        "git": _git(),
         "total_seconds": time.perf_counter() - t_all,
     }
+
+
+def _git() -> dict[str, Any]:
+    """Commit of the repo and whether litetask_async/ had uncommitted changes (best effort)."""
+    import subprocess
+
+    def run(*a: str) -> str:
+        return subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": run("rev-parse", "HEAD"),
+                "litetask_async_dirty": bool(run("status", "--porcelain", "--", "litetask_async"))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
 
 
 def _v(dist: str) -> str:

@@ -37,9 +37,10 @@ def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
         name = url.split("://", 1)[1] or "default"
         return lambda: MemoryBroker(name)
     if scheme in ("sqlite", "sqlite+aiosqlite"):
-        from .brokers.sqlite import SQLiteBroker, path_from_url
+        from .brokers.sqlite import SQLiteBroker, busy_timeout_ms, path_from_url
 
         path_from_url(url)  # raises on a malformed URL now, not at first use
+        busy_timeout_ms(url)
         return lambda: SQLiteBroker(url)
     if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         from .brokers.postgres import PostgresBroker, sqlalchemy_url

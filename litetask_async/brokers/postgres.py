@@ -111,7 +111,16 @@ class PostgresBroker(Broker):
         try:
             async with self.engine.connect() as sa_conn:
                 raw = await sa_conn.get_raw_connection()
-                yield raw.driver_connection  # type: ignore[misc]
+                driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+                try:
+                    yield driver
+                except BaseException as exc:
+                    if driver.is_closed() or _is_connection_error(exc):
+                        # We bypass SQLAlchemy's disconnect detection: drop this connection and
+                        # every idle one (after a server restart they are all dead).
+                        await sa_conn.invalidate()
+                        await self.engine.dispose(close=False)
+                    raise
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"PostgreSQL at {self._redacted()} is unavailable: {exc}") from exc
         except Exception as exc:

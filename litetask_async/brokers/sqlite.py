@@ -22,6 +22,7 @@ import queue
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -42,18 +43,17 @@ BUSY_TIMEOUT_MS = 30_000
 MAX_BATCH = 2_000
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                           timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000)
+    conn.execute(f"PRAGMA busy_timeout={busy_ms}")
     for pragma in sql.PRAGMAS:
         # Switching a new file to WAL while another process does the same can report "locked"
         # without going through the busy handler.
-        _retry_locked(partial(conn.execute, pragma))
+        _retry_locked(partial(conn.execute, pragma), busy_ms / 1000)
     return conn
 
 
-def _retry_locked(op: Callable[[], T], timeout: float = BUSY_TIMEOUT_MS / 1000) -> T:
+def _retry_locked(op: Callable[[], T], timeout: float) -> T:
     """Run ``op``, retrying with backoff while SQLite says the database is locked or busy."""
     delay = 0.01
     deadline = time.monotonic() + timeout
@@ -77,8 +77,9 @@ class SQLiteWriter:
     after the transaction that ran it has committed. Callable from any thread or event loop.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = path
+        self.busy_ms = busy_ms
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"litetask-sqlite-writer:{path}", daemon=True)
         self.ready = concurrent.futures.Future[None]()  # resolved once the schema is in place
@@ -118,8 +119,8 @@ class SQLiteWriter:
 
     def _serve(self) -> None:
         try:
-            conn = _connect(self.path)
-            _retry_locked(partial(_migrate, conn))
+            conn = _connect(self.path, self.busy_ms)
+            _retry_locked(partial(_migrate, conn), self.busy_ms / 1000)
         except BaseException as exc:
             self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
@@ -146,7 +147,7 @@ class SQLiteWriter:
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
-            _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"))
+            _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
             for fn, args, fut in batch:
                 if not fut.set_running_or_notify_cancel():
                     continue
@@ -158,7 +159,7 @@ class SQLiteWriter:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((fut, None, exc))
-            _retry_locked(partial(conn.execute, "COMMIT"))
+            _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
             self.commits += 1
         except Exception as exc:
             if conn.in_transaction:
@@ -181,9 +182,10 @@ class _Shared:
     """What all brokers of one process share for one file: the writer and one aiosqlite reader
     (aiosqlite connections work from any event loop). Reference-counted by open brokers."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_ms: int) -> None:
         self.path = path
-        self.writer = SQLiteWriter(path)
+        self.busy_ms = busy_ms
+        self.writer = SQLiteWriter(path, busy_ms)
         self.reader: concurrent.futures.Future[aiosqlite.Connection] | None = None
         self.users = 0
 
@@ -194,15 +196,15 @@ _shared_lock = threading.Lock()
 
 def writer_for(path: str) -> SQLiteWriter:
     """The process's one writer for ``path`` (created on first use)."""
-    return _acquire(path, count=False).writer
+    return _acquire(path, BUSY_TIMEOUT_MS, count=False).writer
 
 
-def _acquire(path: str, count: bool = True) -> _Shared:
+def _acquire(path: str, busy_ms: int, count: bool = True) -> _Shared:
     key = (os.getpid(), path)
     with _shared_lock:
         sh = _shared.get(key)
         if sh is None or not sh.writer._thread.is_alive():
-            sh = _shared[key] = _Shared(path)
+            sh = _shared[key] = _Shared(path, busy_ms)
         sh.users += count
         return sh
 
@@ -221,14 +223,32 @@ async def _release(sh: _Shared) -> None:
     await asyncio.wrap_future(sh.writer.stopped)
 
 
-async def _open_reader(path: str) -> aiosqlite.Connection:
-    reader = aiosqlite.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+async def _open_reader(path: str, busy_ms: int) -> aiosqlite.Connection:
+    reader = aiosqlite.connect(path, timeout=busy_ms / 1000, isolation_level=None)
     # A reader left unclosed at exit must not keep the interpreter alive.
     reader._thread.daemon = True
     conn = await reader
     conn.row_factory = aiosqlite.Row
-    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    await conn.execute(f"PRAGMA busy_timeout={busy_ms}")
     return conn
+
+
+def busy_timeout_ms(url: str) -> int:
+    """``?busy_timeout=SECONDS`` in the URL: how long a write waits for another process's lock
+    before it fails with BrokerUnavailable (default 30 s)."""
+    query = urllib.parse.parse_qs(url.partition("?")[2])
+    if not query:
+        return BUSY_TIMEOUT_MS
+    unknown = set(query) - {"busy_timeout"}
+    if unknown:
+        raise ConfigurationError(f"unknown SQLite URL option(s) {sorted(unknown)} in {url!r}; known: busy_timeout")
+    try:
+        seconds = float(query["busy_timeout"][-1])
+    except ValueError:
+        raise ConfigurationError(f"busy_timeout must be a number of seconds in {url!r}") from None
+    if seconds <= 0:
+        raise ConfigurationError(f"busy_timeout must be positive in {url!r}")
+    return int(seconds * 1000)
 
 
 def path_from_url(url: str) -> str:
@@ -340,6 +360,7 @@ class SQLiteBroker(Broker):
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = path_from_url(url)
+        self.busy_ms = busy_timeout_ms(url)
         self._shared: _Shared | None = None
         self._writer: SQLiteWriter | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -359,7 +380,7 @@ class SQLiteBroker(Broker):
         if not parent.is_dir():
             raise ConfigurationError(
                 f"cannot open SQLite database {self.path!r}: directory {str(parent)!r} does not exist")
-        sh = _acquire(self.path)
+        sh = _acquire(self.path, self.busy_ms)
         try:
             await asyncio.wrap_future(sh.writer.ready)
             with _shared_lock:
@@ -369,7 +390,7 @@ class SQLiteBroker(Broker):
             assert sh.reader is not None
             if first:
                 try:
-                    sh.reader.set_result(await _open_reader(self.path))
+                    sh.reader.set_result(await _open_reader(self.path, sh.busy_ms))
                 except BaseException as exc:
                     sh.reader.set_exception(exc)
             self._reader = await asyncio.wrap_future(sh.reader)

@@ -50,6 +50,8 @@ async def test_one_failing_write_does_not_undo_its_batch_neighbours(tmp_path: Pa
     "sqlite:///:memory:",
     "sqlite://host/x.db",
     "mysql://u@h/db",
+    "sqlite:///x.db?busy_timeout=soon",
+    "sqlite:///x.db?journal=off",
     "no-scheme",
 ])
 def test_bad_urls_are_refused_at_once(url: str) -> None:
