@@ -47,6 +47,10 @@ def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
 
         sqlalchemy_url(url)  # raises on a malformed URL now
         return lambda: PostgresBroker(url, auto_migrate=auto_migrate)
+    if scheme.startswith("postgres"):
+        raise ConfigurationError(
+            f"not a PostgreSQL URL litetask_async can use: {url!r}; it talks to PostgreSQL through "
+            "asyncpg: use 'postgresql://...' or 'postgresql+asyncpg://...'")
     raise ConfigurationError(
         f"unknown broker URL scheme {scheme!r} in {url!r}; "
         "use 'sqlite:///path.db', 'sqlite+aiosqlite:///path.db', 'memory://' or 'postgresql://...'")
@@ -197,6 +201,7 @@ class LiteTask:
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         """The task's record, or None if there is no such task."""
+        _check_id(task_id)
         return await (await self.broker()).get(task_id)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
@@ -205,6 +210,7 @@ class LiteTask:
         Raises ``TimeoutError`` after ``timeout`` seconds and :class:`TaskNotFound` for an
         unknown id.
         """
+        _check_id(task_id)
         broker = await self.broker()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -225,6 +231,7 @@ class LiteTask:
         """Cancel a task. A pending task never runs; a running one is stopped by its worker
         within about a second and ends ``cancelled``. Returns False (and changes nothing) when
         the task had already finished. Raises :class:`TaskNotFound` for an unknown id."""
+        _check_id(task_id)
         return await (await self.broker()).cancel(task_id)
 
     async def run_worker(
@@ -301,3 +308,8 @@ class LiteTask:
             if thread is not None:
                 thread.join(10)
 
+
+def _check_id(task_id: object) -> str:
+    if not isinstance(task_id, str):
+        raise TypeError(f"task ids are strings (as returned by delay()), got {type(task_id).__name__}")
+    return task_id

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import asyncpg
@@ -96,6 +96,7 @@ class PostgresBroker(Broker):
         self._wake = asyncio.Event()
         self._listener_task: asyncio.Task[None] | None = None
         self._listening = False
+        self._closing = asyncio.Event()
 
     # --- connections ---
 
@@ -157,9 +158,15 @@ class PostgresBroker(Broker):
     async def close(self) -> None:
         task, self._listener_task = self._listener_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Ask the listener to stop rather than cancel it mid-connect: asyncpg does not clean
+            # up a connection attempt cancelled halfway.
+            self._closing.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 15)
+            except Exception:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
@@ -173,7 +180,7 @@ class PostgresBroker(Broker):
 
     async def _listen_forever(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._closing.is_set():
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
             try:
@@ -183,22 +190,22 @@ class PostgresBroker(Broker):
                 self._listening = True
                 backoff = 0.5
                 self._wake.set()  # we may have missed notifications while reconnecting
-                while not lost.is_set():
+                while not lost.is_set() and not self._closing.is_set():
                     # A cheap liveness probe: a silently dropped connection is noticed here.
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(lost.wait(), 10)
-                    if not lost.is_set():
+                    await _wait_first(lost.wait(), self._closing.wait(), timeout=10)
+                    if not lost.is_set() and not self._closing.is_set():
                         await asyncio.wait_for(conn.fetchval("SELECT 1"), 10)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+                if not self._closing.is_set():
+                    log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
             finally:
                 self._listening = False
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)
-            await asyncio.sleep(backoff)
+            await _wait_first(self._closing.wait(), timeout=backoff)
             backoff = min(backoff * 2, 10.0)
 
     def _on_notify(self, *_args: Any) -> None:
@@ -287,6 +294,17 @@ class PostgresBroker(Broker):
         if not row["found"]:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return bool(row["changed"])
+
+
+async def _wait_first(*aws: Coroutine[Any, Any, Any], timeout: float) -> None:
+    """Wait until one of ``aws`` finishes or ``timeout`` passes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
