@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--heartbeat-timeout", type=float, default=30.0)
     w.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds running tasks get to finish on SIGTERM before they are put back")
+    w.add_argument("--max-rescues", type=int, default=3,
+                   help="times a task may be taken up again after its worker vanished before it fails")
     w.add_argument("--log-level", default="INFO")
     m = sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
     target = m.add_mutually_exclusive_group(required=True)
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(app.run_worker(
             concurrency=args.concurrency, processes=args.processes,
             heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-            grace_period=args.grace_period,
+            grace_period=args.grace_period, max_rescues=args.max_rescues,
         ))
     except (LiteTaskError, ValueError) as exc:
         print(f"litetask: error: {exc}", file=sys.stderr)

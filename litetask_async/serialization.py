@@ -26,28 +26,37 @@ def is_model_class(tp: Any) -> bool:
     )
 
 
-def to_jsonable(value: Any) -> Any:
-    """Turn models into plain dicts, recursively through lists, tuples and dicts."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "model_dump") and not isinstance(value, type):
+def _default(value: Any) -> Any:
+    """json's hook for what it cannot encode itself: models become their dicts."""
+    if isinstance(value, type):
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     as_dict = getattr(value, "as_dict", None)
-    if callable(as_dict) and not isinstance(value, type):
-        return to_jsonable(as_dict())
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    return value
+    if callable(as_dict):
+        return as_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default)
 
 
 def dumps(value: Any, what: str) -> str:
-    """Serialise ``value`` to JSON text, or raise :class:`SerializationError` naming ``what``."""
+    """Serialise ``value`` to JSON text, or raise :class:`SerializationError` naming ``what``.
+
+    One shared encoder; models (dataclasses, pydantic, ``as_dict()``) are turned into dicts by
+    its ``default`` hook, at any depth.
+    """
+    if not value and isinstance(value, (list, tuple)):
+        return "[]"
+    if not value and isinstance(value, dict):
+        return "{}"
     try:
-        return json.dumps(to_jsonable(value), separators=(",", ":"), allow_nan=False)
+        return _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} cannot be stored as JSON: {exc}. Pass JSON types (str, int, float, bool, None, "

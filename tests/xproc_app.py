@@ -44,3 +44,17 @@ def slow_effect_pool(path: str, n: int, seconds: float) -> int:
     time.sleep(seconds)
     _effect(path, n)
     return n
+
+
+@app.task(retries=2, retry_backoff=0.05)
+async def chaos_async(path: str, n: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    _effect(path, n)
+    return n
+
+
+@app.task(retries=2, retry_backoff=0.05)
+def chaos_pool(path: str, n: int, seconds: float) -> int:
+    time.sleep(seconds)
+    _effect(path, n)
+    return n
