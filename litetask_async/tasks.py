@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import secrets
 import typing
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -73,6 +73,10 @@ class Task(Generic[P, R]):
                 continue
             params.append(param)
         self._call_signature = sig.replace(parameters=params)
+        # The common call needs no binding: exactly the positional parameters, none with a default.
+        plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty
+                    for p in params)
+        self._plain_arity = len(params) if plain else -1
         self._by_keyword = not any(
             p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
             for p in sig.parameters.values())
@@ -88,10 +92,11 @@ class Task(Generic[P, R]):
 
     def prepare(self, args: Sequence[Any], kwargs: dict[str, Any]) -> NewTask:
         """Check the arguments against the signature and serialise them; nothing is stored."""
-        try:
-            self._call_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
+        if kwargs or len(args) != self._plain_arity:
+            try:
+                self._call_signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
         return new_task(self.name, args, kwargs, queue=self.queue, priority=self.priority,
                         max_attempts=self.retries + 1)
 
@@ -188,7 +193,7 @@ def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: s
              priority: int = 0, max_attempts: int = 1) -> NewTask:
     """A new pending task with its arguments serialised (raises SerializationError)."""
     return NewTask(
-        id=uuid.uuid4().hex,
+        id=secrets.token_hex(16),  # 128 random bits, like uuid4().hex but cheaper
         name=name,
         args_json=dumps(list(args), f"arguments of task {name!r}"),
         kwargs_json=dumps(kwargs, f"keyword arguments of task {name!r}"),
