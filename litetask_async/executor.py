@@ -228,8 +228,13 @@ class ProcessRunner:
         try:
             while True:
                 gen = self._generation()
-                fut: Future[tuple[int, str]] = gen.pool.submit(_child_run, task_id, name, module_name, attr,
-                                                   args_json, kwargs_json)
+                try:
+                    fut: Future[tuple[int, str]] = gen.pool.submit(
+                        _child_run, task_id, name, module_name, attr, args_json, kwargs_json)
+                except BrokenProcessPool:
+                    # The executor noticed a dead process before we did: nothing of ours ran.
+                    gen.broken = True
+                    continue
                 afut = asyncio.wrap_future(fut)
                 afut.add_done_callback(_consume)
                 try:

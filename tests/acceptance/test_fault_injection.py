@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.helpers import ROOT, effects, start_worker, stop_worker, wait_until
+from tests.acceptance.helpers import ROOT, effects, start_worker, stop_worker
 from tests.acceptance.test_postgres_multiprocess import query
 from tests.pg_server import PostgresServer
 
@@ -36,22 +36,26 @@ import random, sys
 from tests.xproc_app import chaos_async, chaos_pool
 path, n = sys.argv[1], int(sys.argv[2])
 rnd = random.Random(7)
-calls_a, calls_p = [], []
-for i in range(n):
-    (calls_p if i % 5 == 0 else calls_a).append(((path, i, rnd.uniform(0.0, 0.03)), {}))
-for k in range(0, len(calls_a), 200):
-    chaos_async.delay_many(calls_a[k:k + 200])
-for k in range(0, len(calls_p), 100):
-    chaos_pool.delay_many(calls_p[k:k + 100])
+for k in range(0, n, 100):                        # pool and async tasks interleaved
+    chunk = [((path, i, rnd.uniform(0.05, 0.25)), {}) for i in range(k, min(k + 100, n))]
+    chaos_pool.delay_many([c for c in chunk if c[0][1] % 5 == 0])
+    chaos_async.delay_many([c for c in chunk if c[0][1] % 5 != 0])
 """
 
 
-def _children(pid: int) -> list[int]:
+def _pool_processes(pid: int) -> list[int]:
+    """The worker's pool processes (its children, less multiprocessing's resource tracker)."""
+    out = []
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+            kids = [int(p) for p in f.read().split()]
+        for kid in kids:
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                if b"resource_tracker" not in f.read():
+                    out.append(kid)
     except OSError:
-        return []
+        pass
+    return out
 
 
 def _run_chaos(url: str, tmp_path: Path, rows: Callable[[], list[tuple[str, str, int, str | None]]],
@@ -77,7 +81,7 @@ def _run_chaos(url: str, tmp_path: Path, rows: Callable[[], list[tuple[str, str,
             time.sleep(rnd.uniform(0.4, 1.0))
             if killed_workers < KILLS:
                 victim = workers.pop(rnd.randrange(len(workers)))
-                if rnd.random() < 0.5 and (kids := _children(victim.pid)):
+                if rnd.random() < 0.5 and (kids := _pool_processes(victim.pid)):
                     # kill one of its pool processes instead (and keep the worker)
                     os.kill(rnd.choice(kids), signal.SIGKILL)
                     killed_pool += 1
@@ -89,11 +93,13 @@ def _run_chaos(url: str, tmp_path: Path, rows: Callable[[], list[tuple[str, str,
                     workers.append(start_worker(url, tmp_path / f"w{started}.log", *extra))
                     started += 1
             if not did_outage and killed_workers >= 2:
+                assert outage is not None
                 outage()
                 did_outage = True
     finally:
         codes = [stop_worker(w) for w in workers]
     assert codes == [0] * len(workers)
+    assert did_outage, "the run ended before the database restart"
 
     final_rows = rows()
     assert len(final_rows) == N and len({r[0] for r in final_rows}) == N
@@ -107,7 +113,8 @@ def _run_chaos(url: str, tmp_path: Path, rows: Callable[[], list[tuple[str, str,
     duplicates = sum(c - 1 for c in seen.values() if c > 1)
     report = (f"{N} tasks: {len(completed)} completed, {len(failed)} failed (worker or process lost "
               f"too often); {killed_workers} workers and {killed_pool} pool processes SIGKILLed; "
-              f"{duplicates} duplicate side effects (at-least-once re-runs)")
+              f"{duplicates} duplicate side effects (at-least-once re-runs)"
+              + ("; the database was restarted mid-run" if outage is not None else ""))
     print(report)
     (tmp_path / "report.txt").write_text(report + "\n")
     # each kill can at most re-run what that process had in flight
