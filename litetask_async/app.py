@@ -154,19 +154,18 @@ class LiteTask:
         await gen.__anext__()
         self._closers[broker] = gen
 
-    async def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> None:
+    async def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
         if not tasks:
-            return
+            return []
         broker = await self.broker()
         if connection is None:
-            await broker.enqueue(tasks)
-            return
+            return await broker.enqueue(tasks)
         from .brokers.postgres import PostgresBroker
 
         if not isinstance(broker, PostgresBroker):
             raise ConfigurationError(
                 "enqueue inside the caller's transaction (connection=...) needs the PostgreSQL broker")
-        await broker.enqueue(tasks, connection=connection)
+        return await broker.enqueue(tasks, connection=connection)
 
     async def migrate(self) -> int:
         """Create or upgrade the database schema; returns the schema version.
@@ -195,9 +194,7 @@ class LiteTask:
         task = self.tasks.get(name)
         if task is not None:
             return await task.adelay(*args, **kwargs)
-        new = new_task(name, args, kwargs)
-        await self._enqueue([new])
-        return new.id
+        return (await self._enqueue([new_task(name, args, kwargs)]))[0]
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         """The task's record, or None if there is no such task."""

@@ -67,6 +67,8 @@ class TaskRecord:
     worker_id: str | None = None
     heartbeat_at: datetime | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    run_at: datetime | None = None
+    unique_key: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -85,6 +87,10 @@ class NewTask:
     queue: str = "default"
     priority: int = 0
     max_attempts: int = 1
+    countdown: float | None = None  # seconds from now, on the broker's clock
+    eta: float | None = None  # absolute time, seconds since the epoch
+    unique_key: str | None = None
+    max_concurrency: int | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ import json
 import secrets
 import typing
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .progress import TaskProgress
@@ -41,9 +43,12 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         queue: str = "default",
         priority: int = 0,
+        max_concurrency: int | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be 0 or more")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1 (or None for no limit)")
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
         self.app = app
@@ -55,6 +60,7 @@ class Task(Generic[P, R]):
         self.timeout = timeout
         self.queue = queue
         self.priority = priority
+        self.max_concurrency = max_concurrency
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
@@ -90,15 +96,29 @@ class Task(Generic[P, R]):
 
     # --- enqueue ---
 
-    def prepare(self, args: Sequence[Any], kwargs: dict[str, Any]) -> NewTask:
+    def prepare(self, args: Sequence[Any], kwargs: dict[str, Any],
+                options: CallOptions | None = None) -> NewTask:
         """Check the arguments against the signature and serialise them; nothing is stored."""
         if kwargs or len(args) != self._plain_arity:
             try:
                 self._call_signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
-        return new_task(self.name, args, kwargs, queue=self.queue, priority=self.priority,
-                        max_attempts=self.retries + 1)
+        o = options or _NO_OPTIONS
+        return new_task(
+            self.name, args, kwargs,
+            queue=o.queue if o.queue is not None else self.queue,
+            priority=o.priority if o.priority is not None else self.priority,
+            max_attempts=self.retries + 1, countdown=o.countdown, eta=o.eta,
+            unique_key=o.unique_key, max_concurrency=self.max_concurrency)
+
+    def configure(self, **options: Any) -> TaskCall[P, R]:
+        """Per-call options, without changing the task: ``queue``, ``priority``, ``countdown``
+        (seconds from now), ``eta`` (a timezone-aware datetime), ``unique_key``.
+
+        ``send.configure(countdown=30).delay("a@b.c")``. Unknown option names raise at once.
+        """
+        return TaskCall(self, CallOptions.build(options))
 
     @property
     def _app(self) -> LiteTask:
@@ -106,37 +126,38 @@ class Task(Generic[P, R]):
             raise RuntimeError(f"task {self.name!r} is not registered with an app")
         return self.app
 
+    async def _submit(self, calls: Iterable[Call], options: CallOptions | None,
+                      connection: Any = None) -> list[str]:
+        news = [self.prepare(a, k, options) for a, k in calls]
+        return await self._app._enqueue(news, connection)
+
+    def _submit_sync(self, calls: Iterable[Call], options: CallOptions | None) -> list[str]:
+        news = [self.prepare(a, k, options) for a, k in calls]
+        return self._app._call_sync(self._app._enqueue, news)
+
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue from async code; returns the new task's id once it is stored.
+        """Enqueue from async code; returns the task's id once it is stored.
 
         ``connection=conn`` (an SQLAlchemy ``AsyncConnection``, PostgreSQL broker) writes the task
         inside the caller's transaction: it exists, and workers see it, only once that commits.
         """
         connection = _pop_connection(kwargs)
-        new = self.prepare(args, kwargs)
-        await self._app._enqueue([new], connection)
-        return new.id
+        return (await self._submit([(args, kwargs)], None, connection))[0]
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """Enqueue from sync code (also from threads); returns the new task's id once it is stored."""
-        new = self.prepare(args, kwargs)
-        self._app._call_sync(self._app._enqueue, [new])
-        return new.id
+        """Enqueue from sync code (also from threads); returns the task's id once it is stored."""
+        return self._submit_sync([(args, kwargs)], None)[0]
 
     async def adelay_many(self, calls: Iterable[Call], *, connection: Any = None) -> list[str]:
         """Enqueue many calls, given as ``(args, kwargs)`` pairs, in one write; ids in order.
 
         ``connection=`` as for :meth:`adelay`.
         """
-        news = [self.prepare(a, k) for a, k in calls]
-        await self._app._enqueue(news, connection)
-        return [n.id for n in news]
+        return await self._submit(calls, None, connection)
 
     def delay_many(self, calls: Iterable[Call]) -> list[str]:
         """Sync twin of :meth:`adelay_many`."""
-        news = [self.prepare(a, k) for a, k in calls]
-        self._app._call_sync(self._app._enqueue, news)
-        return [n.id for n in news]
+        return self._submit_sync(calls, None)
 
     # --- run (used by the worker, and inside pool processes) ---
 
@@ -189,8 +210,89 @@ def _pop_connection(kwargs: dict[str, Any]) -> Any:
     return None
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """Options of one enqueue (see :meth:`Task.configure`); None keeps the task's own."""
+
+    queue: str | None = None
+    priority: int | None = None
+    countdown: float | None = None
+    eta: float | None = None
+    unique_key: str | None = None
+
+    @classmethod
+    def build(cls, options: dict[str, Any]) -> CallOptions:
+        known = {"queue", "priority", "countdown", "eta", "unique_key"}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
+        eta = options.get("eta")
+        countdown = options.get("countdown")
+        if eta is not None and countdown is not None:
+            raise ValueError("give countdown or eta, not both")
+        if eta is not None:
+            if not isinstance(eta, datetime):
+                raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")
+            if eta.tzinfo is None or eta.utcoffset() is None:
+                raise ValueError("eta must be timezone-aware (e.g. datetime(..., tzinfo=timezone.utc)); "
+                                 "a naive datetime is ambiguous")
+            eta_ts: float | None = eta.timestamp()
+        else:
+            eta_ts = None
+        if countdown is not None:
+            if isinstance(countdown, timedelta):
+                countdown = countdown.total_seconds()
+            if not isinstance(countdown, (int, float)) or countdown < 0:
+                raise ValueError(f"countdown must be a number of seconds >= 0, got {countdown!r}")
+        priority = options.get("priority")
+        if priority is not None and not isinstance(priority, int):
+            raise TypeError("priority must be an int")
+        queue = options.get("queue")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise TypeError("queue must be a non-empty string")
+        unique_key = options.get("unique_key")
+        if unique_key is not None and not isinstance(unique_key, str):
+            raise TypeError("unique_key must be a string")
+        return cls(queue, priority, None if countdown is None else float(countdown), eta_ts, unique_key)
+
+
+_NO_OPTIONS = CallOptions()
+
+
+class TaskCall(Generic[P, R]):
+    """A task with per-call options, from :meth:`Task.configure`; the task itself is unchanged."""
+
+    __slots__ = ("options", "task")
+
+    def __init__(self, task: Task[P, R], options: CallOptions) -> None:
+        self.task = task
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"<TaskCall {self.task.name} {self.options}>"
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """As :meth:`Task.adelay`, with these options."""
+        connection = _pop_connection(kwargs)
+        return (await self.task._submit([(args, kwargs)], self.options, connection))[0]
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """As :meth:`Task.delay`, with these options."""
+        return self.task._submit_sync([(args, kwargs)], self.options)[0]
+
+    async def adelay_many(self, calls: Iterable[Call], *, connection: Any = None) -> list[str]:
+        """As :meth:`Task.adelay_many`, with these options (a ``unique_key`` applies to each call)."""
+        return await self.task._submit(calls, self.options, connection)
+
+    def delay_many(self, calls: Iterable[Call]) -> list[str]:
+        """As :meth:`Task.delay_many`, with these options."""
+        return self.task._submit_sync(calls, self.options)
+
+
 def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: str = "default",
-             priority: int = 0, max_attempts: int = 1) -> NewTask:
+             priority: int = 0, max_attempts: int = 1, countdown: float | None = None,
+             eta: float | None = None, unique_key: str | None = None,
+             max_concurrency: int | None = None) -> NewTask:
     """A new pending task with its arguments serialised (raises SerializationError)."""
     return NewTask(
         id=secrets.token_hex(16),  # 128 random bits, like uuid4().hex but cheaper
@@ -200,6 +302,10 @@ def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: s
         queue=queue,
         priority=priority,
         max_attempts=max_attempts,
+        countdown=countdown,
+        eta=eta,
+        unique_key=unique_key,
+        max_concurrency=max_concurrency,
     )
 
 

@@ -42,16 +42,37 @@ class Broker(abc.ABC):
         """Release connections; safe to call twice."""
 
     @abc.abstractmethod
-    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        """Store new pending tasks, all or none."""
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
+        """Store new pending tasks, all or none; returns their ids in order.
+
+        A task whose ``unique_key`` is held by a pending or running task is not stored: that
+        task's id is returned in its place.
+        """
 
     @abc.abstractmethod
-    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+    async def claim(self, worker_id: str, pid: int, limit: int,
+                    queues: Sequence[str] | None = None) -> list[ClaimedTask]:
         """Atomically mark up to ``limit`` due pending tasks running for ``worker_id`` and return them.
 
-        Highest priority first, then enqueue order. ``attempts`` is incremented. No task is ever
-        returned to two claimers.
+        Only tasks of ``queues`` (all queues if None). Highest priority first, then enqueue
+        order. ``attempts`` is incremented. No task is ever returned to two claimers, and no
+        task name with a ``max_concurrency`` gets more running tasks than that, across all
+        claimers.
         """
+
+    @abc.abstractmethod
+    async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        """Seconds until the earliest pending task of ``queues`` is due (<= 0: due now), or None."""
+
+    @abc.abstractmethod
+    async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
+        """Enqueue ``task`` for the periodic ``schedule``'s tick at ``tick`` (epoch seconds) unless
+        that tick or a later one was already enqueued; atomic, so exactly one caller wins."""
+
+    @abc.abstractmethod
+    async def purge(self, older_than: float, batch_size: int = 1000) -> int:
+        """Delete finished tasks (completed, failed, cancelled) that finished more than
+        ``older_than`` seconds ago, in batches; returns how many were deleted."""
 
     @abc.abstractmethod
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
@@ -134,6 +155,7 @@ def record_from_row(row: dict[str, Any]) -> TaskRecord:
         finished_at=utc_from_timestamp(row["finished_at"]),
         queue=row["queue"], priority=row["priority"], max_attempts=row["max_attempts"],
         worker_id=row["worker_id"], heartbeat_at=utc_from_timestamp(row["heartbeat_at"]),
+        run_at=utc_from_timestamp(row.get("run_at")), unique_key=row.get("unique_key"),
     )
 
 

@@ -53,6 +53,8 @@ class _Row:
     heartbeat_at: float | None = None
     worker_id: str | None = None
     cancel_requested: bool = False
+    unique_key: str | None = None
+    max_concurrency: int | None = None
 
 
 @dataclass
@@ -61,6 +63,13 @@ class _Store:
     rows: dict[str, _Row] = field(default_factory=dict)
     seq: itertools.count[int] = field(default_factory=itertools.count)
     waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
+    ticks: dict[str, float] = field(default_factory=dict)
+
+    def active_with_key(self, key: str) -> _Row | None:
+        for r in self.rows.values():
+            if r.unique_key == key and r.status in (TaskStatus.PENDING, TaskStatus.RUNNING):
+                return r
+        return None
 
     def wake(self) -> None:
         for loop, event in list(self.waiters):
@@ -123,29 +132,53 @@ class MemoryBroker(Broker):
                 self._store.waiters = {w for w in self._store.waiters if w[1] is not self._event}
             self._event = None
 
-    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        now = time.time()
-        st = self._store
-        with st.lock:
-            for t in tasks:
-                if t.id in st.rows:
-                    raise ValueError(f"task id {t.id!r} already exists")
-            for t in tasks:
-                st.rows[t.id] = _Row(
-                    seq=next(st.seq), id=t.id, name=t.name, args=t.args_json,
-                    kwargs=t.kwargs_json, queue=t.queue, priority=t.priority,
-                    max_attempts=t.max_attempts, created_at=now, run_at=now,
-                )
-            st.wake()
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
+        with self._store.lock:
+            ids = self._insert(tasks)
+            self._store.wake()
+        return ids
 
-    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+    def _insert(self, tasks: Sequence[NewTask]) -> list[str]:
+        now = time.time()
+        st = self._store
+        for t in tasks:
+            if t.id in st.rows:
+                raise ValueError(f"task id {t.id!r} already exists")
+        ids = []
+        for t in tasks:
+            held = st.active_with_key(t.unique_key) if t.unique_key is not None else None
+            if held is not None:
+                ids.append(held.id)
+                continue
+            st.rows[t.id] = _Row(
+                seq=next(st.seq), id=t.id, name=t.name, args=t.args_json,
+                kwargs=t.kwargs_json, queue=t.queue, priority=t.priority,
+                max_attempts=t.max_attempts, created_at=now,
+                run_at=t.eta if t.eta is not None else now + (t.countdown or 0.0),
+                unique_key=t.unique_key, max_concurrency=t.max_concurrency,
+            )
+            ids.append(t.id)
+        return ids
+
+    async def claim(self, worker_id: str, pid: int, limit: int,
+                    queues: Sequence[str] | None = None) -> list[ClaimedTask]:
         now = time.time()
         st = self._store
         with st.lock:
-            due = [r for r in st.rows.values() if r.status is TaskStatus.PENDING and r.run_at <= now]
-            due.sort(key=lambda r: (-r.priority, r.seq))
-            out = []
-            for r in due[:limit]:
+            due = [r for r in st.rows.values() if r.status is TaskStatus.PENDING and r.run_at <= now
+                   and (queues is None or r.queue in queues)]
+            due.sort(key=lambda r: (r.max_concurrency is not None, -r.priority, r.seq))
+            running: dict[str, int] = {}
+            for r in st.rows.values():
+                if r.status is TaskStatus.RUNNING:
+                    running[r.name] = running.get(r.name, 0) + 1
+            out: list[ClaimedTask] = []
+            for r in due:
+                if len(out) == limit:
+                    break
+                if r.max_concurrency is not None and running.get(r.name, 0) >= r.max_concurrency:
+                    continue
+                running[r.name] = running.get(r.name, 0) + 1
                 r.status = TaskStatus.RUNNING
                 r.worker_id = worker_id
                 r.attempts += 1
@@ -156,6 +189,32 @@ class MemoryBroker(Broker):
                 out.append(ClaimedTask(r.id, r.name, r.args, r.kwargs, r.attempts,
                                        r.max_attempts, r.queue))
             return out
+
+    async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        with self._store.lock:
+            times = [r.run_at for r in self._store.rows.values()
+                     if r.status is TaskStatus.PENDING and (queues is None or r.queue in queues)]
+        return min(times) - time.time() if times else None
+
+    async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
+        st = self._store
+        with st.lock:
+            last = st.ticks.get(schedule)
+            st.ticks[schedule] = max(tick, last or tick)
+            if last is None or last >= tick:
+                return False
+            self._insert([task])
+            st.wake()
+            return True
+
+    async def purge(self, older_than: float, batch_size: int = 1000) -> int:
+        cutoff = time.time() - older_than
+        with self._store.lock:
+            doomed = [r.id for r in self._store.rows.values()
+                      if r.status in FINAL_STATUSES and r.finished_at is not None and r.finished_at < cutoff]
+            for tid in doomed:
+                del self._store.rows[tid]
+        return len(doomed)
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
         now = time.time()

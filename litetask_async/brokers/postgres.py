@@ -208,25 +208,87 @@ class PostgresBroker(Broker):
 
     # --- the contract ---
 
-    async def enqueue(self, tasks: Sequence[NewTask], connection: AsyncConnection | None = None) -> None:
+    async def enqueue(self, tasks: Sequence[NewTask], connection: AsyncConnection | None = None) -> list[str]:
         if not tasks:
-            return
+            return []
         if connection is not None:
-            await connection.execute(text(sql.INSERT_ONE_SQLA), [
-                {"id": t.id, "name": t.name, "queue": t.queue, "priority": t.priority,
-                 "args": t.args_json, "kwargs": t.kwargs_json, "max_attempts": t.max_attempts}
-                for t in tasks])
-            return
+            return [await self._enqueue_in(connection, t) for t in tasks]
+        used: dict[str, str] = {}  # new task's id -> the id that stands for it
+        pending = list(tasks)
         async with self._conn() as conn:
-            await conn.execute(
-                sql.INSERT_MANY, [t.id for t in tasks], [t.name for t in tasks],
-                [t.queue for t in tasks], [t.priority for t in tasks], [t.args_json for t in tasks],
-                [t.kwargs_json for t in tasks], [t.max_attempts for t in tasks])
+            for _ in range(10):
+                inserted = {r[0] for r in await conn.fetch(
+                    sql.INSERT_MANY, [t.id for t in pending], [t.name for t in pending],
+                    [t.queue for t in pending], [t.priority for t in pending],
+                    [t.args_json for t in pending], [t.kwargs_json for t in pending],
+                    [t.max_attempts for t in pending], [t.countdown for t in pending],
+                    [t.eta for t in pending], [t.unique_key for t in pending],
+                    [t.max_concurrency for t in pending])}
+                used.update((t.id, t.id) for t in pending if t.id in inserted)
+                rest = [t for t in pending if t.id not in inserted]
+                if not rest:
+                    return [used[t.id] for t in tasks]
+                # Skipped for a unique key held by an active task: that task stands for them.
+                held: dict[str | None, str] = {
+                    r[0]: r[1] for r in await conn.fetch(sql.ACTIVE_BY_UNIQUE_KEYS, [t.unique_key for t in rest])}
+                used.update((t.id, held[t.unique_key]) for t in rest if t.unique_key in held)
+                pending = [t for t in rest if t.id not in used]  # the holder finished meanwhile
+                if not pending:
+                    return [used[t.id] for t in tasks]
+        raise BrokerUnavailable("unique-key enqueue did not settle after 10 tries")
 
-    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+    async def _enqueue_in(self, connection: AsyncConnection, t: NewTask) -> str:
+        params = {"id": t.id, "name": t.name, "queue": t.queue, "priority": t.priority,
+                  "args": t.args_json, "kwargs": t.kwargs_json, "max_attempts": t.max_attempts,
+                  "countdown": t.countdown, "eta": t.eta, "unique_key": t.unique_key,
+                  "max_concurrency": t.max_concurrency}
+        if (await connection.execute(text(sql.INSERT_ONE_SQLA), params)).first() is not None:
+            return t.id
+        held = (await connection.execute(text(sql.ACTIVE_BY_UNIQUE_KEY_SQLA), {"key": t.unique_key})).first()
+        if held is None:
+            raise BrokerUnavailable(f"unique key {t.unique_key!r} is held by a task this transaction cannot see")
+        return str(held[0])
+
+    async def claim(self, worker_id: str, pid: int, limit: int,
+                    queues: Sequence[str] | None = None) -> list[ClaimedTask]:
+        qs = list(queues) if queues is not None else None
         async with self._conn() as conn:
-            rows = await conn.fetch(sql.CLAIM, worker_id, pid, limit)
+            rows = list(await conn.fetch(sql.CLAIM, worker_id, pid, limit, qs))
+            if len(rows) < limit and await conn.fetchval(sql.HAS_LIMITED_DUE, qs):
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.LIMITED_LOCK)
+                    rows += await conn.fetch(sql.CLAIM_LIMITED, worker_id, pid, limit - len(rows), qs)
         return [ClaimedTask(*row) for row in rows]
+
+    async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        async with self._conn() as conn:
+            value = await conn.fetchval(sql.NEXT_DUE, list(queues) if queues is not None else None)
+        return None if value is None else float(value)
+
+    async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
+        async with self._conn() as conn, conn.transaction():
+            last = await conn.fetchval(sql.GET_TICK_FOR_UPDATE, schedule)
+            if last is None:  # first sight of this schedule: its first run is its next tick
+                await conn.execute(sql.INSERT_TICK, schedule, tick)
+                return False
+            if last >= tick:
+                return False
+            await conn.execute(sql.UPDATE_TICK, schedule, tick)
+            await conn.execute(
+                sql.INSERT_MANY, [task.id], [task.name], [task.queue], [task.priority], [task.args_json],
+                [task.kwargs_json], [task.max_attempts], [task.countdown], [task.eta], [task.unique_key],
+                [task.max_concurrency])
+            return True
+
+    async def purge(self, older_than: float, batch_size: int = 1000) -> int:
+        total = 0
+        while True:
+            async with self._conn() as conn:
+                status = await conn.execute(sql.PURGE, float(older_than), batch_size)
+            n = int(status.split()[-1])
+            total += n
+            if n < batch_size:
+                return total
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
         if not outcomes:

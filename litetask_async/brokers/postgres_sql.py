@@ -83,25 +83,73 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Every attempt's error, oldest first (``error`` keeps the last one).
     2: ("ALTER TABLE litetask_tasks ADD COLUMN errors jsonb NOT NULL DEFAULT '[]'",),
+    # Scheduling: unique keys, concurrency limits, delayed tasks, periodic ticks, retention.
+    3: (
+        "ALTER TABLE litetask_tasks ADD COLUMN unique_key text, ADD COLUMN max_concurrency integer",
+        # At most one pending or running task per key; the database enforces it.
+        """
+        CREATE UNIQUE INDEX litetask_tasks_unique ON litetask_tasks (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
+        """,
+        # Due-ness: with many future-dated tasks the claim reads the due ones through this
+        # index (a range up to now()), and "when is the next task due" is its first entry.
+        "CREATE INDEX litetask_tasks_due ON litetask_tasks (run_at) WHERE status = 'pending'",
+        """
+        CREATE INDEX litetask_tasks_limited ON litetask_tasks (name)
+            WHERE status = 'running' AND max_concurrency IS NOT NULL
+        """,
+        """
+        CREATE INDEX litetask_tasks_finished ON litetask_tasks (finished_at)
+            WHERE status IN ('completed', 'failed', 'cancelled')
+        """,
+        "CREATE TABLE litetask_schedules (name text PRIMARY KEY, last_tick float8 NOT NULL)",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
 
+# Arrays, one element per task. run_at: the given epoch time, else now() + countdown (both
+# NULL: now). A task whose unique_key is held by an active task is skipped (not returned).
 INSERT_MANY = """
-INSERT INTO litetask_tasks (id, name, queue, priority, args, kwargs, max_attempts)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::int[])
+INSERT INTO litetask_tasks
+    (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency)
+SELECT u.id, u.name, u.queue, u.priority, u.args, u.kwargs, u.max_attempts,
+       coalesce(to_timestamp(u.eta), now() + make_interval(secs => coalesce(u.countdown, 0))),
+       u.unique_key, u.max_concurrency
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::int[],
+            $8::float8[], $9::float8[], $10::text[], $11::int[])
+     AS u(id, name, queue, priority, args, kwargs, max_attempts, countdown, eta, unique_key, max_concurrency)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+RETURNING id
+"""
+
+ACTIVE_BY_UNIQUE_KEYS = """
+SELECT unique_key, id FROM litetask_tasks
+WHERE unique_key = ANY($1::text[]) AND status IN ('pending', 'running')
 """
 
 # The same insert for a caller's SQLAlchemy connection (transactional enqueue): named params.
 INSERT_ONE_SQLA = """
-INSERT INTO litetask_tasks (id, name, queue, priority, args, kwargs, max_attempts)
-VALUES (:id, :name, :queue, :priority, CAST(:args AS jsonb), CAST(:kwargs AS jsonb), :max_attempts)
+INSERT INTO litetask_tasks
+    (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency)
+VALUES (:id, :name, :queue, :priority, CAST(:args AS jsonb), CAST(:kwargs AS jsonb), :max_attempts,
+        coalesce(to_timestamp(CAST(:eta AS float8)),
+                 now() + make_interval(secs => coalesce(CAST(:countdown AS float8), 0))),
+        :unique_key, :max_concurrency)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+RETURNING id
 """
 
+ACTIVE_BY_UNIQUE_KEY_SQLA = """
+SELECT id FROM litetask_tasks WHERE unique_key = :key AND status IN ('pending', 'running')
+"""
+
+# Tasks without a concurrency limit; $4 NULL = every queue.
 CLAIM = """
 WITH picked AS (
     SELECT id FROM litetask_tasks
-    WHERE status = 'pending' AND run_at <= now()
+    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
+      AND ($4::text[] IS NULL OR queue = ANY($4::text[]))
     ORDER BY priority DESC, seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -112,6 +160,57 @@ SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
 FROM picked
 WHERE t.id = picked.id
 RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue
+"""
+
+# Serialises claims of tasks that have a concurrency limit, across all workers (transaction-scoped).
+LIMITED_LOCK = 0x6C69746574736B32
+
+HAS_LIMITED_DUE = """
+SELECT EXISTS (SELECT 1 FROM litetask_tasks
+               WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NOT NULL
+                 AND ($1::text[] IS NULL OR queue = ANY($1::text[])))
+"""
+
+# Under LIMITED_LOCK: the k-th pending task of a name is claimable while running + k <= limit.
+CLAIM_LIMITED = """
+WITH running AS (
+    SELECT name, count(*) AS n FROM litetask_tasks
+    WHERE status = 'running' AND max_concurrency IS NOT NULL GROUP BY name
+), ranked AS (
+    SELECT t.id, t.priority, t.seq, t.max_concurrency, coalesce(r.n, 0) AS n,
+           row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.seq) AS k
+    FROM litetask_tasks t LEFT JOIN running r ON r.name = t.name
+    WHERE t.status = 'pending' AND t.run_at <= now() AND t.max_concurrency IS NOT NULL
+      AND ($4::text[] IS NULL OR t.queue = ANY($4::text[]))
+), picked AS (
+    SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, seq LIMIT $3
+)
+UPDATE litetask_tasks t
+SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
+    started_at = now(), heartbeat_at = now(), progress = 0
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue
+"""
+
+NEXT_DUE = """
+SELECT extract(epoch FROM min(run_at) - now())::float8 FROM litetask_tasks
+WHERE status = 'pending' AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
+"""
+
+GET_TICK_FOR_UPDATE = "SELECT last_tick FROM litetask_schedules WHERE name = $1 FOR UPDATE"
+INSERT_TICK = "INSERT INTO litetask_schedules (name, last_tick) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+UPDATE_TICK = "UPDATE litetask_schedules SET last_tick = $2 WHERE name = $1"
+
+PURGE = """
+WITH doomed AS (
+    SELECT id FROM litetask_tasks
+    WHERE status IN ('completed', 'failed', 'cancelled')
+      AND finished_at < now() - make_interval(secs => $1)
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM litetask_tasks t USING doomed WHERE t.id = doomed.id
 """
 
 # Arrays, one element per outcome: id, new status, result, error, retry delay (s), attempts
@@ -197,7 +296,8 @@ SELECT id, name, queue, priority, status, progress, args::text AS args, kwargs::
        extract(epoch FROM created_at)::float8 AS created_at,
        extract(epoch FROM started_at)::float8 AS started_at,
        extract(epoch FROM finished_at)::float8 AS finished_at,
-       extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at
+       extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,
+       extract(epoch FROM run_at)::float8 AS run_at, unique_key
 FROM litetask_tasks WHERE id = $1
 """
 

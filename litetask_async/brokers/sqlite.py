@@ -292,17 +292,55 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 # --- operations run in the writer thread (each inside the batch transaction) ---
 
-def _op_insert(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> None:
-    conn.executemany(sql.INSERT, [
-        (t.id, t.name, t.queue, t.priority, t.args_json, t.kwargs_json, t.max_attempts, now, now)
-        for t in tasks
-    ])
+def _op_insert(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[str]:
+    rows = [(t.id, t.name, t.queue, t.priority, t.args_json, t.kwargs_json, t.max_attempts, now,
+             t.eta if t.eta is not None else now + (t.countdown or 0.0), t.unique_key, t.max_concurrency)
+            for t in tasks]
+    if not any(t.unique_key for t in tasks):
+        conn.executemany(sql.INSERT, rows)
+        return [t.id for t in tasks]
+    ids = []
+    for t, row in zip(tasks, rows, strict=True):
+        if conn.execute(sql.INSERT, row).rowcount or t.unique_key is None:
+            ids.append(t.id)
+        else:  # the key is held by an active task: that task stands for this one
+            ids.append(conn.execute(sql.ACTIVE_BY_UNIQUE_KEY, (t.unique_key,)).fetchone()[0])
+    return ids
 
 
-def _op_claim(conn: sqlite3.Connection, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
+def _queue_filter(queues: Sequence[str] | None, column: str = "queue") -> tuple[str, tuple[str, ...]]:
+    if queues is None:
+        return "", ()
+    return f"AND {column} IN ({','.join('?' * len(queues))})", tuple(queues)
+
+
+def _op_claim(conn: sqlite3.Connection, worker_id: str, pid: int, limit: int,
+              queues: Sequence[str] | None) -> list[ClaimedTask]:
     now = time.time()
-    rows = conn.execute(sql.CLAIM, (worker_id, pid, now, now, now, limit)).fetchall()
+    where, qparams = _queue_filter(queues)
+    rows = conn.execute(sql.CLAIM.format(queues=where),
+                        (worker_id, pid, now, now, now, *qparams, limit)).fetchall()
+    if len(rows) < limit:
+        where, qparams = _queue_filter(queues, "t.queue")
+        rows += conn.execute(sql.CLAIM_LIMITED.format(queues=where),
+                             (now, *qparams, worker_id, pid, now, now, limit - len(rows))).fetchall()
     return [ClaimedTask(*row) for row in rows]
+
+
+def _op_enqueue_tick(conn: sqlite3.Connection, schedule: str, tick: float, task: NewTask) -> bool:
+    row = conn.execute(sql.GET_TICK, (schedule,)).fetchone()
+    if row is None:  # first sight of this schedule: its first run is its next tick
+        conn.execute(sql.INSERT_TICK, (schedule, tick))
+        return False
+    if row[0] >= tick:
+        return False
+    conn.execute(sql.UPDATE_TICK, (tick, schedule))
+    _op_insert(conn, [task], time.time())
+    return True
+
+
+def _op_purge(conn: sqlite3.Connection, cutoff: float, batch_size: int) -> int:
+    return conn.execute(sql.PURGE, (cutoff, batch_size)).rowcount
 
 
 def _finish_params(o: Outcome, now: float) -> tuple[Any, ...]:
@@ -429,11 +467,30 @@ class SQLiteBroker(Broker):
             return
         self._writer.submit_ops(ops)
 
-    async def enqueue(self, tasks: Sequence[NewTask]) -> None:
-        await self._write(_op_insert, tasks, time.time())
+    async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
+        return await self._write(_op_insert, tasks, time.time())
 
-    async def claim(self, worker_id: str, pid: int, limit: int) -> list[ClaimedTask]:
-        return await self._write(_op_claim, worker_id, pid, limit)
+    async def claim(self, worker_id: str, pid: int, limit: int,
+                    queues: Sequence[str] | None = None) -> list[ClaimedTask]:
+        return await self._write(_op_claim, worker_id, pid, limit, queues)
+
+    async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        where, qparams = _queue_filter(queues)
+        async with self.reader.execute(sql.NEXT_DUE.format(queues=where), qparams) as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else row[0] - time.time()
+
+    async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
+        return await self._write(_op_enqueue_tick, schedule, tick, task)
+
+    async def purge(self, older_than: float, batch_size: int = 1000) -> int:
+        total = 0
+        while True:
+            # one short write transaction per batch, so other writers are not held up
+            n = await self._write(_op_purge, time.time() - older_than, batch_size)
+            total += n
+            if n < batch_size:
+                return total
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
         return await self._write(_op_finish, outcomes)

@@ -62,6 +62,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Every attempt's error, oldest first (``error`` keeps the last one).
     2: ("ALTER TABLE litetask_tasks ADD COLUMN errors TEXT NOT NULL DEFAULT '[]'",),
+    # Scheduling: unique keys, concurrency limits, delayed tasks, periodic ticks, retention.
+    3: (
+        "ALTER TABLE litetask_tasks ADD COLUMN unique_key TEXT",
+        "ALTER TABLE litetask_tasks ADD COLUMN max_concurrency INTEGER",
+        # At most one pending or running task per key; the database enforces it.
+        """
+        CREATE UNIQUE INDEX litetask_tasks_unique ON litetask_tasks (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
+        """,
+        # Due-ness: the claim and the "when is the next task due" query read this one, so that
+        # future-dated tasks cost nothing until they are due.
+        "CREATE INDEX litetask_tasks_due ON litetask_tasks (run_at) WHERE status = 'pending'",
+        """
+        CREATE INDEX litetask_tasks_limited ON litetask_tasks (name)
+            WHERE status = 'running' AND max_concurrency IS NOT NULL
+        """,
+        """
+        CREATE INDEX litetask_tasks_finished ON litetask_tasks (finished_at)
+            WHERE status IN ('completed', 'failed', 'cancelled')
+        """,
+        "CREATE TABLE litetask_schedules (name TEXT PRIMARY KEY, last_tick REAL NOT NULL)",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -69,21 +91,62 @@ LATEST_VERSION = max(MIGRATIONS)
 GET_SCHEMA_VERSION = "SELECT value FROM litetask_meta WHERE key = 'schema_version'"
 
 INSERT = """
-INSERT INTO litetask_tasks (id, name, queue, priority, args, kwargs, max_attempts, created_at, run_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO litetask_tasks
+    (id, name, queue, priority, args, kwargs, max_attempts, created_at, run_at, unique_key, max_concurrency)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
 """
 
+ACTIVE_BY_UNIQUE_KEY = """
+SELECT id FROM litetask_tasks WHERE unique_key = ? AND status IN ('pending', 'running')
+"""
+
+# {queues} is "" or "AND queue IN (?, ...)". Tasks without a concurrency limit.
 CLAIM = """
 UPDATE litetask_tasks
 SET status = 'running', worker_id = ?, pid = ?, attempts = attempts + 1,
     started_at = ?, heartbeat_at = ?, progress = 0
 WHERE seq IN (
     SELECT seq FROM litetask_tasks
-    WHERE status = 'pending' AND run_at <= ?
+    WHERE status = 'pending' AND run_at <= ? AND max_concurrency IS NULL {queues}
     ORDER BY priority DESC, seq
     LIMIT ?
 )
 RETURNING id, name, args, kwargs, attempts, max_attempts, queue
+"""
+
+# Tasks with a concurrency limit: the k-th pending task of a name is claimable while
+# running + k <= limit. Runs in the writer's immediate transaction, so claims of all processes
+# are serialised and the count cannot be raced.
+CLAIM_LIMITED = """
+WITH running AS (
+    SELECT name, count(*) AS n FROM litetask_tasks
+    WHERE status = 'running' AND max_concurrency IS NOT NULL GROUP BY name
+), ranked AS (
+    SELECT t.seq, t.priority, t.max_concurrency, coalesce(r.n, 0) AS n,
+           row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.seq) AS k
+    FROM litetask_tasks t LEFT JOIN running r ON r.name = t.name
+    WHERE t.status = 'pending' AND t.run_at <= ? AND t.max_concurrency IS NOT NULL {queues}
+)
+UPDATE litetask_tasks
+SET status = 'running', worker_id = ?, pid = ?, attempts = attempts + 1,
+    started_at = ?, heartbeat_at = ?, progress = 0
+WHERE seq IN (SELECT seq FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, seq LIMIT ?)
+RETURNING id, name, args, kwargs, attempts, max_attempts, queue
+"""
+
+NEXT_DUE = "SELECT min(run_at) FROM litetask_tasks WHERE status = 'pending' {queues}"
+
+GET_TICK = "SELECT last_tick FROM litetask_schedules WHERE name = ?"
+INSERT_TICK = "INSERT INTO litetask_schedules (name, last_tick) VALUES (?, ?)"
+UPDATE_TICK = "UPDATE litetask_schedules SET last_tick = ? WHERE name = ?"
+
+PURGE = """
+DELETE FROM litetask_tasks WHERE seq IN (
+    SELECT seq FROM litetask_tasks
+    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < ?
+    LIMIT ?
+)
 """
 
 HAS_DUE = "SELECT 1 FROM litetask_tasks WHERE status = 'pending' AND run_at <= ? LIMIT 1"
