@@ -8,6 +8,7 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
@@ -16,6 +17,7 @@ from anyio.from_thread import BlockingPortal
 from .brokers.base import Broker
 from .exceptions import ConfigurationError, TaskNotFound
 from .records import NewTask, TaskRecord
+from .scheduling import Schedule
 from .tasks import Task, new_task
 
 P = ParamSpec("P")
@@ -65,12 +67,21 @@ class LiteTask:
 
     ``auto_migrate=False`` makes the PostgreSQL broker refuse to create or change its schema at
     run time; apply it with ``litetask migrate`` or :meth:`migrate` at deployment instead.
+    ``result_ttl`` (a timedelta or seconds): workers delete finished tasks older than that in the
+    background (see :meth:`purge`).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True,
+                 result_ttl: timedelta | float | None = None) -> None:
         self.url = url
         self._make_broker = broker_factory(url, auto_migrate)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
+        if result_ttl is not None and not isinstance(result_ttl, timedelta):
+            result_ttl = timedelta(seconds=result_ttl)
+        if result_ttl is not None and result_ttl.total_seconds() <= 0:
+            raise ConfigurationError("result_ttl must be positive")
+        self.result_ttl: timedelta | None = result_ttl
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref.WeakKeyDictionary()
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._closers: weakref.WeakKeyDictionary[Broker, AsyncIterator[None]] = weakref.WeakKeyDictionary()
@@ -92,30 +103,56 @@ class LiteTask:
         self, fn: None = None, /, *, name: str | None = None, retries: int = 0,
         retry_backoff: float = 1.0, retry_on: tuple[type[BaseException], ...] | None = None,
         timeout: float | None = None, queue: str = "default", priority: int = 0,
+        max_concurrency: int | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
         self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, retries: int = 0,
         retry_backoff: float = 1.0, retry_on: tuple[type[BaseException], ...] | None = None,
         timeout: float | None = None, queue: str = "default", priority: int = 0,
+        max_concurrency: int | None = None,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task; use bare (``@app.task``) or with options.
 
         ``async def`` functions run on the worker's event loop, plain ``def`` functions in its
         process pool. ``retries`` extra attempts after an exception (only for ``retry_on`` types
         if given), waiting ``retry_backoff * 2**(attempt-1)`` seconds with jitter; ``timeout``
-        seconds stops the task and records a ``TaskTimeout`` error.
+        seconds stops the task and records a ``TaskTimeout`` error. ``queue`` and ``priority``
+        (higher runs first) are defaults that ``configure()`` can override per call;
+        ``max_concurrency=N`` keeps at most N of this task running at once across all workers.
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
             t = Task(self, f, name=name, retries=retries, retry_backoff=retry_backoff,
-                     retry_on=retry_on, timeout=timeout, queue=queue, priority=priority)
+                     retry_on=retry_on, timeout=timeout, queue=queue, priority=priority,
+                     max_concurrency=max_concurrency)
             if t.name in self.tasks and self.tasks[t.name].fn is not f:
                 raise ConfigurationError(f"a different task is already registered as {t.name!r}")
             self.tasks[t.name] = t
             return t
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self, *, cron: str | None = None, every: float | timedelta | None = None,
+        name: str | None = None, queue: str = "default", priority: int = 0,
+        retries: int = 0, timeout: float | None = None,
+    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+        """Register a task that workers enqueue on a schedule: ``cron="*/5 * * * *"`` (UTC) or
+        ``every=30`` seconds / ``every=timedelta(...)``.
+
+        Each tick is enqueued exactly once however many workers run (a compare-and-set on the
+        schedule's last tick), by any worker that has the schedule. The first run is the first
+        tick after the schedule is first seen; after downtime, only the latest missed tick runs.
+        """
+        schedule = Schedule.build(cron, every)
+
+        def register(f: Callable[[], R]) -> Task[[], R]:
+            t = self.task(name=name, queue=queue, priority=priority, retries=retries, timeout=timeout)(f)
+            self.schedules[t.name] = schedule
+            return t
+
+        return register
 
     # --- broker per event loop ---
 
@@ -233,19 +270,36 @@ class LiteTask:
 
     async def run_worker(
         self, *, concurrency: int = 8, processes: int | None = None,
+        queues: Sequence[str] | None = None,
         heartbeat_interval: float = 5.0, heartbeat_timeout: float = 30.0,
         grace_period: float = 30.0, max_rescues: int = 3, poll_interval: float = 1.0,
         install_signal_handlers: bool = True,
     ) -> None:
-        """Run a worker in this event loop until SIGTERM/SIGINT; see :class:`Worker`."""
+        """Run a worker in this event loop until SIGTERM/SIGINT; see :class:`Worker`.
+
+        ``queues``: take tasks of these queues only (default: every queue).
+        """
         from .worker import Worker
 
         await Worker(
-            self, concurrency=concurrency, processes=processes,
+            self, concurrency=concurrency, processes=processes, queues=queues,
             heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
             grace_period=grace_period, max_rescues=max_rescues, poll_interval=poll_interval,
             install_signal_handlers=install_signal_handlers,
         ).run()
+
+    async def purge(self, older_than: timedelta | float) -> int:
+        """Delete finished tasks (completed, failed, cancelled) that finished more than
+        ``older_than`` ago, in batches; pending and running tasks are never touched. Returns
+        how many were deleted."""
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+        if seconds < 0:
+            raise ValueError("older_than must not be negative")
+        return await (await self.broker()).purge(seconds)
+
+    def purge_sync(self, older_than: timedelta | float) -> int:
+        """Sync twin of :meth:`purge`."""
+        return self._call_sync(self.purge, older_than)
 
     async def aclose(self) -> None:
         """Close the broker of the running event loop."""

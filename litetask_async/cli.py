@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run a worker until SIGTERM/SIGINT")
     w.add_argument("app", help="the app to serve, as MODULE:APP (e.g. myproject.tasks:app)")
     w.add_argument("--concurrency", type=int, default=8, help="tasks run at once (default 8)")
+    w.add_argument("--queues", default=None,
+                   help="comma-separated queues to take tasks from (default: every queue)")
     w.add_argument("--processes", type=int, default=None,
                    help="process-pool size for plain def tasks (default: min(concurrency, CPUs))")
     w.add_argument("--heartbeat-interval", type=float, default=5.0)
@@ -77,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = load_app(args.app)
         asyncio.run(app.run_worker(
             concurrency=args.concurrency, processes=args.processes,
+            queues=[q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None,
             heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
             grace_period=args.grace_period, max_rescues=args.max_rescues,
         ))

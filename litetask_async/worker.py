@@ -20,7 +20,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from .exceptions import Retry, SerializationError, WorkerError
 from .executor import ChildError, ProcessDied, ProcessRunner
 from .progress import TaskProgress
 from .records import ClaimedTask, Outcome, OutcomeKind
-from .tasks import Task, encode_result
+from .tasks import CallOptions, Task, encode_result
 
 if TYPE_CHECKING:
     from .app import LiteTask
@@ -54,6 +54,7 @@ class Worker:
         *,
         concurrency: int = 8,
         processes: int | None = None,
+        queues: Sequence[str] | None = None,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 30.0,
         grace_period: float = 30.0,
@@ -68,6 +69,9 @@ class Worker:
         self.app = app
         self.concurrency = concurrency
         self.processes = processes or min(concurrency, os.cpu_count() or 1)
+        if isinstance(queues, str):
+            queues = [queues]
+        self.queues: list[str] | None = list(queues) if queues else None
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.grace_period = grace_period
@@ -109,6 +113,10 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._cancel_watch_loop(), name="cancel-watch"),
         }
+        if self.app.schedules:
+            side.add(asyncio.create_task(self._scheduler_loop(), name="scheduler"))
+        if self.app.result_ttl is not None:
+            side.add(asyncio.create_task(self._retention_loop(), name="retention"))
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         claimer = asyncio.create_task(self._claim_loop(broker), name="claim")
         log.info("worker %s started: concurrency %d, tasks %s", self.id, self.concurrency,
@@ -161,7 +169,7 @@ class Worker:
                 await self._wait_any(self._slot_freed.wait())
                 continue
             try:
-                claimed = await broker.claim(self.id, self.pid, free)
+                claimed = await broker.claim(self.id, self.pid, free, self.queues)
                 backoff = 0.1
             except Exception as exc:
                 log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
@@ -171,7 +179,16 @@ class Worker:
             for c in claimed:
                 self._start(c)
             if len(claimed) < free:
-                await self._wait_any(broker.wait_for_work(self._idle_timeout()))
+                timeout = self._idle_timeout()
+                try:
+                    due = await broker.next_due(self.queues)
+                except Exception:
+                    due = None
+                if due is not None and due > 0:
+                    # sleep until the nearest delayed task is due, not a fixed poll (a task due
+                    # already but not claimed waits for a concurrency slot: no busy loop)
+                    timeout = min(timeout, due + 0.005)
+                await self._wait_any(broker.wait_for_work(timeout))
 
     def _idle_timeout(self) -> float:
         """How long to wait for a wake-up: the poll interval, or less when a task this worker
@@ -338,6 +355,42 @@ class Worker:
                                 len(rescued), ", ".join(rescued[:10]))
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    async def _scheduler_loop(self) -> None:
+        """Enqueue each periodic task's ticks as they come (exactly once across workers: the
+        broker's compare-and-set on the last tick decides who enqueues)."""
+        broker = self._broker
+        assert broker is not None
+        while True:
+            now = time.time()
+            for name, schedule in self.app.schedules.items():
+                task = self.app.tasks[name]
+                tick = schedule.latest_tick(now)
+                try:
+                    # the key names the tick; it also makes a second copy impossible while active
+                    new = task.prepare([], {}, CallOptions(unique_key=f"periodic:{name}:{tick:.3f}"))
+                    if await broker.enqueue_tick(name, tick, new):
+                        log.info("enqueued periodic task %s for its tick at %s", name, tick)
+                except Exception as exc:
+                    log.warning("enqueuing periodic task %s failed: %s", name, exc)
+            now = time.time()
+            wake = min(s.next_tick(now) for s in self.app.schedules.values())
+            await asyncio.sleep(min(max(0.0, wake - now) + 0.01, 5.0))
+
+    async def _retention_loop(self) -> None:
+        """Delete finished tasks older than the app's result_ttl, now and then."""
+        broker = self._broker
+        ttl = self.app.result_ttl
+        assert broker is not None and ttl is not None
+        interval = min(60.0, max(1.0, ttl.total_seconds() / 10))
+        while True:
+            try:
+                n = await broker.purge(ttl.total_seconds())
+                if n:
+                    log.info("deleted %d finished task(s) older than %s", n, ttl)
+            except Exception as exc:
+                log.warning("deleting old finished tasks failed: %s", exc)
+            await asyncio.sleep(interval)
 
     async def _cancel_watch_loop(self) -> None:
         broker = self._broker

@@ -173,6 +173,39 @@ def register(app: LiteTask) -> dict[str, Any]:
     tasks["retry_me_async"] = app.task(retry_me_async, retries=2, retry_backoff=30)
     tasks["only_conn_errors"] = app.task(fail_async, name="only_conn_errors", retries=3,
                                          retry_backoff=0.01, retry_on=(ConnectionError,))
+    tasks["limited"] = app.task(interval, name="limited", max_concurrency=2)
+    tasks["tick"] = app.task(tick)
+    tasks["chain_async"] = app.task(chain_async)
+    tasks["chain_pool"] = app.task(chain_pool)
     tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)
     tasks["timeout_async"] = app.task(sleep_async, name="timeout_async", timeout=0.2)
     return tasks
+
+
+async def interval(seconds: float) -> list[float]:
+    """Sleeps; returns its own start and end time (for overlap checks)."""
+    import time as _time
+
+    start = _time.time()
+    await asyncio.sleep(seconds)
+    return [start, _time.time()]
+
+
+async def tick() -> float:
+    import time as _time
+
+    return _time.time()
+
+
+async def chain_async(n: int) -> str:
+    """Enqueues a follow-up task from async code."""
+    from tests import jobs_chain
+
+    return await jobs_chain.app_task().adelay(n, 1)
+
+
+def chain_pool(n: int) -> str:
+    """Enqueues a follow-up task from a process-pool process."""
+    from tests import jobs_chain
+
+    return jobs_chain.app_task().delay(n, 2)
