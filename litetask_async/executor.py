@@ -36,6 +36,9 @@ from .progress import TaskProgress
 
 log = logging.getLogger("litetask_async.executor")
 
+# How often a task is resubmitted after the pool broke under it before it counts as the culprit.
+MAX_RESUBMITS = 5
+
 
 class ProcessDied(Exception):
     """The pool process running a task died (killed, crashed) before the task returned."""
@@ -128,6 +131,7 @@ class _Generation:
     pool: ProcessPoolExecutor
     queue: Any
     number: int
+    procs: dict[int, Any] = field(default_factory=dict)  # pid -> Process, kept past a break
     reader: threading.Thread | None = None
     broken: bool = False
 
@@ -140,6 +144,8 @@ class _Job:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     kill_when_started: bool = False
     killed: bool = False
+    generation: int = 0  # the pool generation it was last submitted to
+    resubmits: int = 0
 
 
 class ProcessRunner:
@@ -168,7 +174,9 @@ class ProcessRunner:
             if self._gen is not None:
                 self._retire(self._gen)
             self._loop = asyncio.get_running_loop()
-            q = self._ctx.Queue()
+            # SimpleQueue: put() writes to the pipe before returning (no feeder thread), so a
+            # task's start message is out before its body runs, even if the process dies at once.
+            q = self._ctx.SimpleQueue()
             self._numbers += 1
             pool = ProcessPoolExecutor(self.processes, mp_context=self._ctx,
                                        initializer=_child_init, initargs=(q,))
@@ -200,14 +208,16 @@ class ProcessRunner:
         if kind == "progress":
             self._on_progress(task_id, value)
             return
-        if job is None:
-            return
+        if job is None or job.generation != gen.number:
+            return  # a late message from a pool that broke: the job was resubmitted since
         job.pid = value
-        job.process = gen.pool._processes.get(value) if gen.pool._processes else None
+        gen.procs.update(gen.pool._processes or {})
+        job.process = gen.procs.get(value)
         job.started.set()
         self._on_pid(task_id, value)
         if job.kill_when_started:
             self._kill(job)
+            self._jobs.pop(task_id, None)
 
     def _kill(self, job: _Job) -> None:
         if job.pid is None:
@@ -228,6 +238,7 @@ class ProcessRunner:
         try:
             while True:
                 gen = self._generation()
+                job.generation = gen.number
                 try:
                     fut: Future[tuple[int, str]] = gen.pool.submit(
                         _child_run, task_id, name, module_name, attr, args_json, kwargs_json)
@@ -257,12 +268,24 @@ class ProcessRunner:
                     raise
                 except BrokenProcessPool:
                     gen.broken = True
+                    gen.procs.update(gen.pool._processes or {})
+                    if job.pid is None:
+                        # its start message may still be on its way from the reader thread
+                        await asyncio.sleep(0.2)
                     if job.killed:
                         raise ProcessDied("the task's process was killed") from None
-                    exitcode = job.process.exitcode if job.process is not None else None
+                    proc = job.process or (gen.procs.get(job.pid) if job.pid is not None else None)
+                    exitcode = proc.exitcode if proc is not None else None
                     if exitcode is not None and exitcode != -signal.SIGTERM:
                         raise ProcessDied(_describe_exit(exitcode)) from None
                     # Innocent: queued, or terminated only because another process broke the pool.
+                    # Unless it keeps happening: a process that dies within milliseconds of
+                    # starting may not have reported its start, and must not loop forever.
+                    job.resubmits += 1
+                    if job.resubmits > MAX_RESUBMITS:
+                        raise ProcessDied(
+                            f"the process pool broke {job.resubmits} times while this task was in "
+                            "flight; its process most likely died right after starting it") from None
                     self.rebuilds += gen.number == self._numbers
                     job.pid = job.process = None
                     job.started.clear()
@@ -272,7 +295,10 @@ class ProcessRunner:
                         self._kill(job)
                     raise
         finally:
-            self._jobs.pop(task_id, None)
+            if not job.kill_when_started:
+                self._jobs.pop(task_id, None)
+            # else: handed to a process but not started yet; its start message finds the job
+            # here and kills that process (the entry goes with it).
 
     def _note_pid(self, job: _Job, pid: int) -> None:
         if job.pid != pid:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,10 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+# An escaped NUL: \u0000 preceded by an even number of backslashes (an odd run would be an
+# escaped backslash followed by the text "u0000").
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default)
 
 
@@ -56,12 +61,16 @@ def dumps(value: Any, what: str) -> str:
     if not value and isinstance(value, dict):
         return "{}"
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError) as exc:
         raise SerializationError(
             f"{what} cannot be stored as JSON: {exc}. Pass JSON types (str, int, float, bool, None, "
             "list, dict), a dataclass, a pydantic model or an object with as_dict()."
         ) from exc
+    if "\\u0000" in text and _NUL.search(text):
+        # PostgreSQL's jsonb refuses it; refuse it on every broker alike.
+        raise SerializationError(f"{what} cannot be stored: it contains a NUL character (\\x00)")
+    return text
 
 
 def rebuild(tp: Any, value: Any) -> Any:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .brokers.base import Broker, RunningUpdate, error_payload
-from .exceptions import Retry, SerializationError, WorkerError
+from .exceptions import BrokerUnavailable, Retry, SerializationError, WorkerError
 from .executor import ChildError, ProcessDied, ProcessRunner
 from .progress import TaskProgress
 from .records import ClaimedTask, Outcome, OutcomeKind
@@ -87,6 +87,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._flush_wanted = asyncio.Event()
         self._outcome_ready = asyncio.Event()
+        self._drained = asyncio.Event()  # set once no task can produce another outcome
         self._pool: ProcessRunner | None = None
         self._broker: Broker | None = None
         self._signals = 0
@@ -141,6 +142,12 @@ class Worker:
                 await claimer
             await self._drain()
         finally:
+            for r in list(self._running.values()):  # cancelled while draining: stop them now
+                self._interrupt(r, "shutdown")
+            rest = [r.handle for r in self._running.values() if r.handle is not None]
+            if rest:
+                await asyncio.wait(rest)
+            self._drained.set()
             for t in side:
                 t.cancel()
             await asyncio.gather(*side, return_exceptions=True)
@@ -148,6 +155,10 @@ class Worker:
             self._flush_wanted.set()
             if not flusher.done():
                 await self._final_flush(flusher)
+            if self._outcomes:  # the flusher ended early (it crashed): one last try
+                with contextlib.suppress(Exception):
+                    await broker.finish(self._outcomes)
+                    self._outcomes.clear()
             if self._pool is not None:
                 await asyncio.to_thread(self._pool.shutdown)
             for sig in installed:
@@ -244,8 +255,8 @@ class Worker:
             return self._fail(c, None, "UnknownTask",
                               f"no task named {c.name!r} is registered in this worker (known: {known})")
         try:
-            if task.is_async:
-                args, kwargs = task.decode_arguments(c.args_json, c.kwargs_json)
+            # also for pool tasks (their process decodes again): a bad payload is not retried
+            args, kwargs = task.decode_arguments(c.args_json, c.kwargs_json)
         except Exception as exc:
             return self._fail(c, exc, "PayloadError", f"stored arguments cannot be decoded: {exc}")
         try:
@@ -319,7 +330,7 @@ class Worker:
         return self._outcome(c, OutcomeKind.FAILED, error_json=err)
 
     def _interrupt(self, r: _Running, reason: str) -> None:
-        if r.stop_reason is None:
+        if r.stop_reason is None or reason == "cancel":  # a cancel beats a shutdown
             r.stop_reason = reason
         if r.handle is not None and not r.handle.done():
             r.handle.cancel()
@@ -428,22 +439,54 @@ class Worker:
             self._progress.clear()
             try:
                 if updates:
-                    await broker.update_running(updates)
+                    with contextlib.suppress(Exception):  # progress is best effort
+                        await broker.update_running(updates, self.id)
                 if outcomes:
-                    await broker.finish(outcomes)
+                    try:
+                        await broker.finish(outcomes)
+                    except BrokerUnavailable:
+                        raise
+                    except Exception as exc:
+                        # Not an outage: one outcome the database refuses. Write them one by one
+                        # so it cannot hold the others back.
+                        log.error("writing %d result(s) failed (%s); writing them one by one",
+                                  len(outcomes), exc)
+                        outcomes = await self._finish_one_by_one(broker, outcomes)
+                        if outcomes:
+                            raise BrokerUnavailable("the database went away meanwhile") from exc
                 backoff = 0.1
             except Exception as exc:
                 log.warning("writing %d result(s) failed (%s); keeping them, retrying in %.1fs",
                             len(outcomes), exc, backoff)
                 self._outcomes[:0] = outcomes
-                for u in updates:
-                    self._progress.setdefault(u.task_id, u)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 self._flush_wanted.set()
                 continue
-            if self._stopping.is_set() and not self._outcomes and not self._running:
+            if self._drained.is_set() and not self._outcomes:
                 return
+
+    async def _finish_one_by_one(self, broker: Broker, outcomes: list[Outcome]) -> list[Outcome]:
+        """Write each outcome alone; one the database refuses becomes a failure saying why.
+        Returns the outcomes that could not be written because the database is unavailable."""
+        left = []
+        for o in outcomes:
+            try:
+                await broker.finish([o])
+                continue
+            except BrokerUnavailable:
+                left.append(o)
+                continue
+            except Exception as exc:
+                err = error_payload(exc, "InternalError", f"the task's outcome could not be stored: {exc}",
+                                    attempt=o.attempt)
+                replacement = Outcome(o.task_id, o.worker_id, o.attempt, OutcomeKind.FAILED,
+                                      error_json=err, pid=o.pid)
+            try:
+                await broker.finish([replacement])
+            except Exception as exc:
+                log.error("dropping the outcome of task %s (%s); it will be taken up again", o.task_id, exc)
+        return left
 
     async def _final_flush(self, flusher: asyncio.Task[None], limit: float = 60.0) -> None:
         try:

@@ -105,6 +105,10 @@ async def fail_async(message: str) -> None:
     raise ValueError(message)
 
 
+async def fail_nul() -> None:
+    raise ValueError("bad byte \x00 here")
+
+
 def unserialisable_result() -> object:
     return object()
 
@@ -175,6 +179,7 @@ def register(app: LiteTask) -> dict[str, Any]:
                                          retry_backoff=0.01, retry_on=(ConnectionError,))
     tasks["limited"] = app.task(interval, name="limited", max_concurrency=2)
     tasks["tick"] = app.task(tick)
+    tasks["fail_nul"] = app.task(fail_nul)
     tasks["chain_async"] = app.task(chain_async)
     tasks["chain_pool"] = app.task(chain_pool)
     tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)

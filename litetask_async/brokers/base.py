@@ -83,8 +83,8 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
-        """Store progress and pid of running tasks."""
+    async def update_running(self, updates: Sequence[RunningUpdate], worker_id: str) -> None:
+        """Store progress and pid of tasks running for ``worker_id``."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
@@ -121,10 +121,13 @@ def error_payload(exc: BaseException | None, type_name: str | None = None, messa
     """The JSON stored as a task's error: type, message, traceback, attempt number and time."""
     if tb is None and exc is not None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if message is None:
+        message = str(exc) if exc is not None else ""
     payload: dict[str, Any] = {
         "type": type_name or (type(exc).__name__ if exc is not None else "Error"),
-        "message": message if message is not None else (str(exc) if exc is not None else ""),
-        "traceback": tb,
+        # NUL cannot be stored by PostgreSQL's jsonb: show it rather than lose the error
+        "message": message.replace("\x00", "\\x00"),
+        "traceback": tb.replace("\x00", "\\x00") if tb else tb,
         "attempt": attempt,
         "at": datetime.now(UTC).isoformat(),
     }

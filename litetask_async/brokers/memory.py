@@ -94,6 +94,8 @@ def _apply_outcome(row: _Row, out: Outcome, now: float) -> None:
         row.pid = out.pid
     if out.error_json is not None:
         _add_error(row, out.error_json)
+    if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) and row.cancel_requested:
+        kind = OutcomeKind.CANCELLED  # asked to cancel: it does not go back to pending
     if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
         row.status = TaskStatus.PENDING
         row.worker_id = None
@@ -232,11 +234,11 @@ class MemoryBroker(Broker):
                 st.wake()
         return applied
 
-    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
+    async def update_running(self, updates: Sequence[RunningUpdate], worker_id: str) -> None:
         with self._store.lock:
             for u in updates:
                 row = self._store.rows.get(u.task_id)
-                if row is None or row.status is not TaskStatus.RUNNING:
+                if row is None or row.status is not TaskStatus.RUNNING or row.worker_id != worker_id:
                     continue
                 if u.progress is not None:
                     row.progress = u.progress
@@ -262,7 +264,10 @@ class MemoryBroker(Broker):
                     continue
                 lost = json.loads(worker_lost_error(timeout, max_rescues))
                 _add_error(row, json.dumps({**lost, "attempt": row.attempts}))
-                if row.rescues < max_rescues:
+                if row.cancel_requested:
+                    row.status = TaskStatus.CANCELLED
+                    row.finished_at = now
+                elif row.rescues < max_rescues:
                     row.status = TaskStatus.PENDING
                     row.max_attempts += 1
                     row.run_at = now

@@ -307,12 +307,12 @@ class PostgresBroker(Broker):
                 await conn.execute(sql.NOTIFY, sql.CHANNEL)
         return [r[0] for r in rows]
 
-    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
+    async def update_running(self, updates: Sequence[RunningUpdate], worker_id: str) -> None:
         if not updates:
             return
         async with self._conn() as conn:
             await conn.execute(sql.UPDATE_RUNNING, [u.task_id for u in updates],
-                               [u.progress for u in updates], [u.pid for u in updates])
+                               [u.progress for u in updates], [u.pid for u in updates], worker_id)
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
         async with self._conn() as conn:
@@ -339,11 +339,11 @@ class PostgresBroker(Broker):
 
     async def cancel(self, task_id: str) -> bool:
         async with self._conn() as conn:
-            row = await conn.fetchrow(sql.CANCEL, task_id)
-        assert row is not None  # the statement always returns one row
-        if not row["found"]:
-            raise TaskNotFound(f"no task with id {task_id!r}")
-        return bool(row["changed"])
+            if await conn.fetchval(sql.CANCEL, task_id) is not None:
+                return True
+            if not await conn.fetchval(sql.EXISTS, task_id):
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            return False
 
 
 async def _wait_first(*aws: Coroutine[Any, Any, Any], timeout: float) -> None:

@@ -217,13 +217,13 @@ DELETE FROM litetask_tasks t USING doomed WHERE t.id = doomed.id
 # given back, pid, worker, attempt. Applied only while the row is still that attempt's.
 FINISH_MANY = """
 UPDATE litetask_tasks t
-SET status = u.status,
+SET status = CASE WHEN u.status = 'pending' AND t.cancel_requested THEN 'cancelled' ELSE u.status END,
     result = coalesce(u.result::jsonb, t.result),
     error = coalesce(u.error::jsonb, t.error),
     errors = CASE WHEN u.error IS NULL THEN t.errors ELSE t.errors || jsonb_build_array(u.error::jsonb) END,
-    finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END,
+    finished_at = CASE WHEN u.status = 'pending' AND NOT t.cancel_requested THEN NULL ELSE now() END,
     run_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.delay) ELSE t.run_at END,
-    max_attempts = t.max_attempts + u.giveback,
+    max_attempts = t.max_attempts + CASE WHEN t.cancel_requested THEN 0 ELSE u.giveback END,
     progress = CASE WHEN u.status = 'completed' THEN 100 ELSE t.progress END,
     pid = coalesce(u.pid, t.pid),
     worker_id = CASE WHEN u.status = 'pending' THEN NULL ELSE t.worker_id END,
@@ -233,14 +233,14 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::in
             $8::text[], $9::int[])
      AS u(id, status, result, error, delay, giveback, pid, worker, attempt)
 WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = u.worker AND t.attempts = u.attempt
-RETURNING t.id, u.status
+RETURNING t.id, t.status
 """
 
 UPDATE_RUNNING = """
 UPDATE litetask_tasks t
 SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid)
 FROM unnest($1::text[], $2::int[], $3::int[]) AS u(id, progress, pid)
-WHERE t.id = u.id AND t.status = 'running'
+WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = $4
 """
 
 HEARTBEAT = """
@@ -257,11 +257,11 @@ WITH stalled AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE litetask_tasks t
-SET status = CASE WHEN t.rescues < $1 THEN 'pending' ELSE 'failed' END,
-    max_attempts = t.max_attempts + CASE WHEN t.rescues < $1 THEN 1 ELSE 0 END,
+SET status = CASE WHEN t.cancel_requested THEN 'cancelled' WHEN t.rescues < $1 THEN 'pending' ELSE 'failed' END,
+    max_attempts = t.max_attempts + CASE WHEN t.rescues < $1 AND NOT t.cancel_requested THEN 1 ELSE 0 END,
     error = $2::jsonb || jsonb_build_object('attempt', t.attempts),
     errors = t.errors || jsonb_build_array($2::jsonb || jsonb_build_object('attempt', t.attempts)),
-    finished_at = CASE WHEN t.rescues < $1 THEN NULL ELSE now() END,
+    finished_at = CASE WHEN t.rescues < $1 AND NOT t.cancel_requested THEN NULL ELSE now() END,
     run_at = now(),
     rescues = t.rescues + 1,
     worker_id = NULL,
@@ -272,19 +272,18 @@ WHERE t.id = stalled.id
 RETURNING t.id, t.status
 """
 
+# One UPDATE, so that a row changed meanwhile (claimed, put back) is re-checked on its newest
+# version: pending -> cancelled at once; running -> flagged for its worker.
 CANCEL = """
-WITH p AS (
-    UPDATE litetask_tasks SET status = 'cancelled', finished_at = now()
-    WHERE id = $1 AND status = 'pending'
-    RETURNING 1
-), r AS (
-    UPDATE litetask_tasks SET cancel_requested = true
-    WHERE id = $1 AND status = 'running'
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM p) + (SELECT count(*) FROM r) AS changed,
-       (SELECT count(*) FROM litetask_tasks WHERE id = $1) AS found
+UPDATE litetask_tasks
+SET status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
+    cancel_requested = (status = 'running')
+WHERE id = $1 AND status IN ('pending', 'running')
+RETURNING id
 """
+
+EXISTS = "SELECT EXISTS (SELECT 1 FROM litetask_tasks WHERE id = $1)"
 
 CANCEL_REQUESTED = """
 SELECT id FROM litetask_tasks WHERE id = ANY($1::text[]) AND cancel_requested

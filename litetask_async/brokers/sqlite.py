@@ -98,7 +98,8 @@ class SQLiteWriter:
         if not self._thread.is_alive():
             err = BrokerUnavailable(f"the SQLite writer for {self.path} has stopped")
             for _fn, _args, fut in ops:
-                fut.set_exception(err)
+                if not fut.done():
+                    fut.set_exception(err)
             return
         self._queue.put(ops)
 
@@ -347,7 +348,7 @@ def _finish_params(o: Outcome, now: float) -> tuple[Any, ...]:
     pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
     status = "pending" if pending else o.kind.value
     return (
-        status, o.result_json, o.error_json, None if pending else now,
+        status, o.result_json, o.error_json, now,
         now + (o.retry_delay or 0.0) if pending else None,
         1 if o.kind is OutcomeKind.RELEASE else 0,
         100 if o.kind is OutcomeKind.COMPLETED else None,
@@ -364,8 +365,8 @@ def _op_finish(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[st
     return applied
 
 
-def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate]) -> None:
-    conn.executemany(sql.UPDATE_PROGRESS, [(u.progress, u.pid, u.task_id) for u in updates])
+def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate], worker_id: str) -> None:
+    conn.executemany(sql.UPDATE_PROGRESS, [(u.progress, u.pid, u.task_id, worker_id) for u in updates])
 
 
 def _op_heartbeat(conn: sqlite3.Connection, worker_id: str, task_ids: Sequence[str]) -> None:
@@ -463,7 +464,8 @@ class SQLiteBroker(Broker):
         ops, self._coalesced = self._coalesced, []
         if self._writer is None:
             for _fn, _args, fut in ops:
-                fut.set_exception(BrokerUnavailable("the SQLite broker was closed"))
+                if not fut.done():
+                    fut.set_exception(BrokerUnavailable("the SQLite broker was closed"))
             return
         self._writer.submit_ops(ops)
 
@@ -495,8 +497,8 @@ class SQLiteBroker(Broker):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
         return await self._write(_op_finish, outcomes)
 
-    async def update_running(self, updates: Sequence[RunningUpdate]) -> None:
-        await self._write(_op_update_running, updates)
+    async def update_running(self, updates: Sequence[RunningUpdate], worker_id: str) -> None:
+        await self._write(_op_update_running, updates, worker_id)
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
         await self._write(_op_heartbeat, worker_id, task_ids)

@@ -151,28 +151,29 @@ DELETE FROM litetask_tasks WHERE seq IN (
 
 HAS_DUE = "SELECT 1 FROM litetask_tasks WHERE status = 'pending' AND run_at <= ? LIMIT 1"
 
-# Parameters: status, result, error, finished_at, run_at, max_attempts increment, progress if
-# completed, pid, then the guard: id, worker_id, attempt.
+# Parameters: status, result, error, now, run_at, max_attempts increment, progress if
+# completed, pid, then the guard: id, worker_id, attempt. A task asked to cancel that would go
+# back to pending (retry, release) ends cancelled instead.
 FINISH = """
 UPDATE litetask_tasks
-SET status = ?1,
+SET status = CASE WHEN ?1 = 'pending' AND cancel_requested THEN 'cancelled' ELSE ?1 END,
     result = coalesce(?2, result),
     error = coalesce(?3, error),
     errors = CASE WHEN ?3 IS NULL THEN errors ELSE json_insert(errors, '$[#]', json(?3)) END,
-    finished_at = ?4,
+    finished_at = CASE WHEN ?1 = 'pending' AND NOT cancel_requested THEN NULL ELSE ?4 END,
     run_at = coalesce(?5, run_at),
-    max_attempts = max_attempts + ?6,
+    max_attempts = max_attempts + CASE WHEN cancel_requested THEN 0 ELSE ?6 END,
     progress = coalesce(?7, progress),
     pid = coalesce(?8, pid),
-    worker_id = CASE WHEN ?1 = 'pending' THEN NULL ELSE worker_id END,
-    heartbeat_at = CASE WHEN ?1 = 'pending' THEN NULL ELSE heartbeat_at END,
+    worker_id = CASE WHEN ?1 = 'pending' AND NOT cancel_requested THEN NULL ELSE worker_id END,
+    heartbeat_at = CASE WHEN ?1 = 'pending' AND NOT cancel_requested THEN NULL ELSE heartbeat_at END,
     cancel_requested = 0
 WHERE id = ?9 AND status = 'running' AND worker_id = ?10 AND attempts = ?11
 """
 
 UPDATE_PROGRESS = """
 UPDATE litetask_tasks SET progress = coalesce(?, progress), pid = coalesce(?, pid)
-WHERE id = ? AND status = 'running'
+WHERE id = ? AND status = 'running' AND worker_id = ?
 """
 
 HEARTBEAT = """
@@ -183,11 +184,11 @@ WHERE id = ? AND status = 'running' AND worker_id = ?
 # Parameters: now, max_rescues, lost-worker error, cutoff.
 REQUEUE_STALLED = """
 UPDATE litetask_tasks
-SET status = CASE WHEN rescues < ?2 THEN 'pending' ELSE 'failed' END,
-    max_attempts = max_attempts + CASE WHEN rescues < ?2 THEN 1 ELSE 0 END,
+SET status = CASE WHEN cancel_requested THEN 'cancelled' WHEN rescues < ?2 THEN 'pending' ELSE 'failed' END,
+    max_attempts = max_attempts + CASE WHEN rescues < ?2 AND NOT cancel_requested THEN 1 ELSE 0 END,
     error = json_set(?3, '$.attempt', attempts),
     errors = json_insert(errors, '$[#]', json(json_set(?3, '$.attempt', attempts))),
-    finished_at = CASE WHEN rescues < ?2 THEN NULL ELSE ?1 END,
+    finished_at = CASE WHEN rescues < ?2 AND NOT cancel_requested THEN NULL ELSE ?1 END,
     run_at = ?1,
     rescues = rescues + 1,
     worker_id = NULL,

@@ -46,12 +46,13 @@ async def test_unreachable_postgres_is_a_clear_error() -> None:
     float("inf"),
     {"nested": [1, {"deep": object()}]},
     {("tuple", "key"): 1},
+    "a NUL \x00 character",
 ])
 async def test_unserialisable_arguments_write_nothing(app: LiteTask, bad: object) -> None:
     t = jobs.register(app)
     with pytest.raises(SerializationError) as info:
         await t["aadd"].adelay(bad, 1)
-    assert "tests.jobs.aadd" in str(info.value) and "JSON" in str(info.value)
+    assert "tests.jobs.aadd" in str(info.value) and ("JSON" in str(info.value) or "NUL" in str(info.value))
     assert isinstance(info.value, TypeError)
     b = await app.broker()
     assert await b.claim("w", 1, 10) == []
@@ -85,3 +86,13 @@ async def test_non_string_id_is_a_type_error(app: LiteTask) -> None:
     for call in (app.get_task, app.cancel, app.wait):
         with pytest.raises(TypeError, match="task ids are strings"):
             await call(123)  # type: ignore[arg-type]
+
+
+async def test_error_with_nul_character_is_stored(app: LiteTask) -> None:
+    t = jobs.register(app)
+    async with running_worker(app):
+        bad = await app.wait(await t["fail_nul"].adelay(), 20)
+        good = await app.wait(await t["aadd"].adelay(1, 1), 20)
+    assert bad.status is TaskStatus.FAILED and bad.error is not None
+    assert bad.error["message"] == "bad byte \\x00 here"  # shown, not lost
+    assert good.status is TaskStatus.COMPLETED

@@ -173,8 +173,9 @@ async def test_progress_and_pid_updates(app: LiteTask) -> None:
     t = nt()
     await b.enqueue([t])
     await b.claim("w", 1, 1)
-    await b.update_running([RunningUpdate(t.id, 40, None)])
-    await b.update_running([RunningUpdate(t.id, None, 999)])
+    await b.update_running([RunningUpdate(t.id, 40, None)], "w")
+    await b.update_running([RunningUpdate(t.id, 99, 1)], "another-worker")  # not its task: ignored
+    await b.update_running([RunningUpdate(t.id, None, 999)], "w")
     rec = await b.get(t.id)
     assert rec is not None and rec.progress == 40 and rec.pid == 999
 
@@ -214,3 +215,20 @@ async def test_wait_for_work_wakes_on_enqueue(app: LiteTask) -> None:
     assert loop.time() - t0 < 2.0
     await bg
     await other.aclose()
+
+
+@pytest.mark.parametrize("kind", [OutcomeKind.RETRY, OutcomeKind.RELEASE, "rescue"])
+async def test_cancel_request_wins_over_going_back_to_pending(app: LiteTask, kind: object) -> None:
+    b = await broker_of(app)
+    t = nt(max_attempts=3)
+    await b.enqueue([t])
+    (c,) = await b.claim("w", 1, 1)
+    assert await b.cancel(t.id) is True  # running: flagged
+    if kind == "rescue":
+        await asyncio.sleep(0.2)
+        assert await b.requeue_stalled(0.1, 3) == [t.id]
+    else:
+        assert await b.finish([Outcome(c.id, "w", 1, kind, retry_delay=0.0)]) == [t.id]  # type: ignore[arg-type]
+    rec = await b.get(t.id)
+    assert rec is not None and rec.status is TaskStatus.CANCELLED and rec.finished_at is not None
+    assert await b.claim("w", 1, 5) == []  # it never runs again

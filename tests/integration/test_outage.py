@@ -46,7 +46,7 @@ async def test_sqlite_locked_for_long(tmp_path: Path) -> None:
     db = tmp_path / "locked.db"
     app = LiteTask(f"sqlite:///{db}?busy_timeout=1")
     t = jobs.register(app)
-    async with running_worker(app):
+    async with running_worker(app, heartbeat_timeout=60):  # the outage is shorter than this
         running = [await t["sleep_async"].adelay(0.5) for _ in range(3)]
         await asyncio.sleep(0.2)
         blocker = sqlite3.connect(db, isolation_level=None)

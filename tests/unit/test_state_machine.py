@@ -34,6 +34,7 @@ class Model:
     attempts: int = 0
     max_attempts: int = 1
     rescues: int = 0
+    cancel_requested: bool = False
     final_record: Any = None
 
 
@@ -104,12 +105,15 @@ class TaskStateMachine(RuleBasedStateMachine):
         assert applied == ([tid] if should else []), (m, kind, wrong)
         if not should:
             return
-        if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
+        if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) and m.cancel_requested:
+            m.status = TaskStatus.CANCELLED  # a cancel request wins over going back to pending
+        elif kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
             m.status, m.worker = TaskStatus.PENDING, None
             if kind is OutcomeKind.RELEASE:
                 m.max_attempts += 1
         else:
             m.status = TaskStatus(kind.value)
+        m.cancel_requested = False
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
@@ -120,6 +124,8 @@ class TaskStateMachine(RuleBasedStateMachine):
         assert result is (m.status not in FINAL_STATUSES)
         if m.status is TaskStatus.PENDING:
             m.status = TaskStatus.CANCELLED
+        elif m.status is TaskStatus.RUNNING:
+            m.cancel_requested = True
 
     @rule()
     def rescue_all_running(self) -> None:
@@ -129,12 +135,15 @@ class TaskStateMachine(RuleBasedStateMachine):
         for tid in expected:
             m = self.model[tid]
             m.worker = None
-            if m.rescues < MAX_RESCUES:
+            if m.cancel_requested:
+                m.status = TaskStatus.CANCELLED
+            elif m.rescues < MAX_RESCUES:
                 m.status = TaskStatus.PENDING
                 m.max_attempts += 1
             else:
                 m.status = TaskStatus.FAILED
             m.rescues += 1
+            m.cancel_requested = False
 
     @invariant()
     def broker_agrees_and_finals_never_change(self) -> None:
