@@ -58,3 +58,31 @@ def chaos_pool(path: str, n: int, seconds: float) -> int:
     time.sleep(seconds)
     _effect(path, n)
     return n
+
+
+@app.task(max_concurrency=2)
+async def limited_interval(path: str, n: int, seconds: float) -> list[float]:
+    start = time.time()
+    await asyncio.sleep(seconds)
+    end = time.time()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{n} {start} {end}\n".encode())
+    finally:
+        os.close(fd)
+    return [start, end]
+
+
+@app.task
+async def record_order(path: str, label: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{label}\n".encode())
+    finally:
+        os.close(fd)
+
+
+if os.environ.get("LITETASK_TEST_PERIODIC"):
+    @app.periodic(every=1, name="xproc.every_second")
+    async def every_second() -> None:
+        _effect(os.environ["LITETASK_TEST_PERIODIC"], int(time.time()))

@@ -303,7 +303,8 @@ class PostgresBroker(Broker):
                 col.append(v)
         async with self._conn() as conn:
             rows = await conn.fetch(sql.FINISH_MANY, *cols)
-            if any(r[1] == "pending" for r in rows):
+            # wake idle workers: a task is pending again, or a concurrency slot came free
+            if any(r[1] == "pending" or r[2] for r in rows):
                 await conn.execute(sql.NOTIFY, sql.CHANNEL)
         return [r[0] for r in rows]
 

@@ -233,7 +233,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::in
             $8::text[], $9::int[])
      AS u(id, status, result, error, delay, giveback, pid, worker, attempt)
 WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = u.worker AND t.attempts = u.attempt
-RETURNING t.id, t.status
+RETURNING t.id, t.status, t.max_concurrency IS NOT NULL
 """
 
 UPDATE_RUNNING = """

@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(url: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(url: str, log: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``litetask worker tests.xproc_app:app`` in a subprocess, with short heartbeats."""
-    env = {**os.environ, "LITETASK_URL": url, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "LITETASK_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
     args = [sys.executable, "-m", "litetask_async.cli", "worker", "tests.xproc_app:app",
             "--concurrency", "10", "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3",
             "--grace-period", "5", *extra]
