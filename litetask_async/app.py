@@ -16,7 +16,7 @@ from anyio.from_thread import BlockingPortal
 
 from .brokers.base import Broker
 from .exceptions import ConfigurationError, TaskNotFound
-from .records import NewTask, TaskRecord
+from .records import LogRecord, NewTask, TaskRecord, TaskStatus, WorkerInfo
 from .scheduling import Schedule
 from .tasks import Task, new_task
 
@@ -25,6 +25,9 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_URL = "sqlite:///litetask.db"
+
+# A worker counts as alive while its last heartbeat is this recent (seconds).
+WORKER_ALIVE_WITHIN = 60.0
 
 
 def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
@@ -300,6 +303,69 @@ class LiteTask:
     def purge_sync(self, older_than: timedelta | float) -> int:
         """Sync twin of :meth:`purge`."""
         return self._call_sync(self.purge, older_than)
+
+    # --- operating it ---
+
+    async def list_tasks(self, status: TaskStatus | str | None = None, name: str | None = None,
+                         queue: str | None = None, limit: int = 50,
+                         before: str | None = None) -> list[TaskRecord]:
+        """Tasks, newest first, optionally filtered; ``before=<id of the last task you got>``
+        gives the next page (keyset pagination: no OFFSET, served by indexes)."""
+        if status is not None:
+            status = TaskStatus(status).value
+        if not 1 <= limit <= 10_000:
+            raise ValueError("limit must be between 1 and 10000")
+        if before is not None:
+            _check_id(before)
+        return await (await self.broker()).list_tasks(status=status, name=name, queue=queue,
+                                                      limit=limit, before=before)
+
+    async def retry(self, task_id: str) -> bool:
+        """Run a failed or cancelled task again (its attempt history is kept). Returns False
+        when the task is not failed or cancelled. Raises :class:`TaskNotFound`."""
+        _check_id(task_id)
+        return await (await self.broker()).retry(task_id)
+
+    async def stats(self) -> dict[str, Any]:
+        """``{"by_queue": {queue: {status: n}}, "totals": {status: n}, "oldest_pending_age":
+        seconds or None (the oldest due task still waiting), "completed_last_minute": n,
+        "failed_last_minute": n, "workers_alive": n}``."""
+        broker = await self.broker()
+        stats = await broker.stats()
+        stats["workers_alive"] = len(await broker.workers(WORKER_ALIVE_WITHIN))
+        return stats
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Live workers (heartbeat within the last 60 s): id, hostname, pid, queues,
+        concurrency, running count, started_at, last heartbeat."""
+        return await (await self.broker()).workers(WORKER_ALIVE_WITHIN)
+
+    async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
+        """``logging`` records emitted inside the task (async or process pool), oldest first."""
+        _check_id(task_id)
+        return await (await self.broker()).task_logs(task_id, limit)
+
+    def list_tasks_sync(self, status: TaskStatus | str | None = None, name: str | None = None,
+                        queue: str | None = None, limit: int = 50,
+                        before: str | None = None) -> list[TaskRecord]:
+        """Sync twin of :meth:`list_tasks`."""
+        return self._call_sync(lambda: self.list_tasks(status, name, queue, limit, before))
+
+    def retry_sync(self, task_id: str) -> bool:
+        """Sync twin of :meth:`retry`."""
+        return self._call_sync(self.retry, task_id)
+
+    def stats_sync(self) -> dict[str, Any]:
+        """Sync twin of :meth:`stats`."""
+        return self._call_sync(self.stats)
+
+    def workers_sync(self) -> list[WorkerInfo]:
+        """Sync twin of :meth:`workers`."""
+        return self._call_sync(self.workers)
+
+    def task_logs_sync(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
+        """Sync twin of :meth:`task_logs`."""
+        return self._call_sync(self.task_logs, task_id, limit)
 
     async def aclose(self) -> None:
         """Close the broker of the running event loop."""

@@ -70,6 +70,10 @@ def _child_init(q: Any) -> None:
     _child_queue = q
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.addHandler(_ChildLogHandler())
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)  # a fresh process: let INFO reach the task's log
     # A worker killed with SIGKILL cannot stop its pool: the orphan would finish its task (a
     # duplicate run, since the task is rescued elsewhere) and linger. Die with the parent.
     parent = multiprocessing.parent_process()
@@ -83,8 +87,24 @@ def _exit_with_parent(sentinel: int) -> None:
     os._exit(1)
 
 
-def _child_progress(task_id: str, pct: int) -> None:
-    _child_queue.put(("progress", task_id, pct))
+def _child_progress(task_id: str, pct: int, message: str | None) -> None:
+    _child_queue.put(("progress", task_id, (pct, message)))
+
+
+class _ChildLogHandler(logging.Handler):
+    """Sends log records emitted while a task runs in this pool process to the worker."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        task_id = _child_task_id
+        if task_id is None or _child_queue is None:
+            return
+        try:
+            _child_queue.put(("log", task_id, (record.created, record.levelname, self.format(record))))
+        except Exception:
+            self.handleError(record)
+
+
+_child_task_id: str | None = None
 
 
 def resolve_task(module_name: str, attr: str) -> Any:
@@ -98,7 +118,9 @@ def resolve_task(module_name: str, attr: str) -> Any:
 
 def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: str,
                kwargs_json: str) -> tuple[int, str]:
+    global _child_task_id
     _child_queue.put(("start", task_id, os.getpid()))
+    _child_task_id = task_id
     from .tasks import Task, encode_result
 
     try:
@@ -121,6 +143,8 @@ def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: 
         except Exception:
             original = None
         raise ChildError(type(exc).__name__, str(exc), tb, original, os.getpid()) from None
+    finally:
+        _child_task_id = None
 
 
 # --- the parent side --------------------------------------------------------------------------
@@ -154,12 +178,14 @@ class ProcessRunner:
     def __init__(
         self,
         processes: int,
-        on_progress: Callable[[str, int], None],
+        on_progress: Callable[[str, int, str | None], None],
         on_pid: Callable[[str, int], None],
+        on_log: Callable[[str, float, str, str], None],
     ) -> None:
         self.processes = processes
         self._on_progress = on_progress
         self._on_pid = on_pid
+        self._on_log = on_log
         # spawn, not fork (the worker has threads) nor forkserver (its children are not ours, so
         # their exit codes, which tell a crashed task from an innocent one, cannot be read).
         self._ctx = multiprocessing.get_context("spawn")
@@ -206,7 +232,10 @@ class ProcessRunner:
         kind, task_id, value = msg
         job = self._jobs.get(task_id)
         if kind == "progress":
-            self._on_progress(task_id, value)
+            self._on_progress(task_id, *value)
+            return
+        if kind == "log":
+            self._on_log(task_id, *value)
             return
         if job is None or job.generation != gen.number:
             return  # a late message from a pool that broke: the job was resubmitted since

@@ -14,7 +14,7 @@ class TaskProgress:
 
     __slots__ = ("_sink", "_value", "task_id")
 
-    def __init__(self, task_id: str, sink: Callable[[str, int], None]) -> None:
+    def __init__(self, task_id: str, sink: Callable[[str, int, str | None], None]) -> None:
         self.task_id = task_id
         self._sink = sink
         self._value = 0
@@ -24,15 +24,18 @@ class TaskProgress:
         """The last percentage set by this task (0 to 100)."""
         return self._value
 
-    def set(self, percentage: float) -> None:
-        """Record ``percentage`` (clamped to 0..100) as the task's progress."""
+    def set(self, percentage: float, message: str | None = None) -> None:
+        """Record ``percentage`` (clamped to 0..100) as the task's progress, and ``message`` (if
+        given) as its latest status line (``rec.status_message``)."""
         try:
             pct = int(max(0, min(100, percentage)))
         except TypeError:
             raise TypeError(f"progress must be a number from 0 to 100, got {percentage!r}") from None
-        if pct != self._value:
+        if message is not None:
+            message = str(message)[:1000].replace("\x00", "")
+        if pct != self._value or message is not None:
             self._value = pct
-            self._sink(self.task_id, pct)
+            self._sink(self.task_id, pct, message)
 
     def __repr__(self) -> str:
         return f"TaskProgress(task_id={self.task_id!r}, value={self._value})"

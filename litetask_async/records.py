@@ -69,6 +69,7 @@ class TaskRecord:
     errors: list[dict[str, Any]] = field(default_factory=list)
     run_at: datetime | None = None
     unique_key: str | None = None
+    status_message: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -131,3 +132,28 @@ class Outcome:
     error_json: str | None = None
     pid: int | None = None
     retry_delay: float | None = None  # seconds from now (the broker's clock) for RETRY
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker that is (or recently was) alive: what ``app.workers()`` returns."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str] | None
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_heartbeat: datetime
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One ``logging`` record emitted inside a task, as stored with it."""
+
+    task_id: str
+    attempt: int
+    at: datetime
+    level: str
+    message: str

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -22,19 +23,41 @@ import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .brokers.base import Broker, RunningUpdate, error_payload
 from .exceptions import BrokerUnavailable, Retry, SerializationError, WorkerError
 from .executor import ChildError, ProcessDied, ProcessRunner
 from .progress import TaskProgress
-from .records import ClaimedTask, Outcome, OutcomeKind
+from .records import ClaimedTask, LogRecord, Outcome, OutcomeKind, WorkerInfo, utc_from_timestamp
 from .tasks import CallOptions, Task, encode_result
 
 if TYPE_CHECKING:
     from .app import LiteTask
 
 log = logging.getLogger("litetask_async.worker")
+
+MAX_LOGS_PER_ATTEMPT = 1000
+
+# The task an asyncio task of the worker is running (contextvars follow each asyncio task).
+_current_task: contextvars.ContextVar[str | None] = contextvars.ContextVar("litetask_task", default=None)
+
+
+class _TaskLogHandler(logging.Handler):
+    """Captures log records emitted inside async tasks for the task's log."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        task_id = _current_task.get()
+        if task_id is not None:
+            try:
+                self.worker._on_log(task_id, record.created, record.levelname, self.format(record))
+            except Exception:
+                self.handleError(record)
 
 
 @dataclass
@@ -43,6 +66,7 @@ class _Running:
     handle: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # "cancel" or "shutdown" once we decided to stop it
     pid: int | None = None  # of the pool process running it
+    logs: int = 0  # log records captured in this attempt
 
 
 class Worker:
@@ -83,6 +107,7 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._progress: dict[str, RunningUpdate] = {}
+        self._logs: list[LogRecord] = []
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._flush_wanted = asyncio.Event()
@@ -110,6 +135,16 @@ class Worker:
         self._broker = broker = await self.app.broker()
         loop = asyncio.get_running_loop()
         installed = self._install_signals(loop)
+        handler = _TaskLogHandler(self)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if not root.handlers[:-1] and (root.level == logging.NOTSET or root.level > logging.INFO):
+            root.setLevel(logging.INFO)  # logging is not configured: let tasks' INFO be captured
+        self.started_at = datetime.now(UTC)
+        try:
+            await broker.register_worker(self.info())
+        except Exception as exc:
+            log.warning("could not register the worker (it runs anyway): %s", exc)
         side = {
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._cancel_watch_loop(), name="cancel-watch"),
@@ -163,11 +198,20 @@ class Worker:
                 await asyncio.to_thread(self._pool.shutdown)
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            root.removeHandler(handler)
+            with contextlib.suppress(Exception):
+                await broker.unregister_worker(self.id)
             log.info("worker %s stopped after %d tasks", self.id, self.processed)
         if cancelled:
             raise asyncio.CancelledError
         if crashed is not None:
             raise WorkerError(f"worker side task crashed: {crashed!r}") from crashed
+
+    def info(self) -> WorkerInfo:
+        """What ``app.workers()`` shows about this worker."""
+        now = datetime.now(UTC)
+        return WorkerInfo(self.id, socket.gethostname(), self.pid, self.queues, self.concurrency,
+                          len(self._running), getattr(self, "started_at", now), now)
 
     # --- claiming ---
 
@@ -240,7 +284,7 @@ class Worker:
             outcome = self._outcome(c, OutcomeKind.FAILED,
                                     error_json=error_payload(exc, "InternalError", attempt=c.attempts))
         self._running.pop(c.id, None)
-        self._progress.pop(c.id, None)
+        # its last progress update (if unwritten) stays: the flusher writes it before the outcome
         self._outcomes.append(outcome)
         self.processed += 1
         self._outcome_ready.set()
@@ -259,6 +303,7 @@ class Worker:
             args, kwargs = task.decode_arguments(c.args_json, c.kwargs_json)
         except Exception as exc:
             return self._fail(c, exc, "PayloadError", f"stored arguments cannot be decoded: {exc}")
+        token = _current_task.set(c.id)
         try:
             if task.is_async:
                 progress = TaskProgress(c.id, self._on_progress)
@@ -300,11 +345,13 @@ class Worker:
             return self._fail(c, exc.original, exc.type_name, exc.message, task=task, tb=exc.traceback)
         except Exception as exc:
             return self._fail(c, exc, type(exc).__name__, str(exc), task=task)
+        finally:
+            _current_task.reset(token)
         return self._outcome(c, OutcomeKind.COMPLETED, result_json=result_json)
 
     async def _run_in_pool(self, task: Task[Any, Any], c: ClaimedTask) -> str:
         if self._pool is None:
-            self._pool = ProcessRunner(self.processes, self._on_progress, self._on_pid)
+            self._pool = ProcessRunner(self.processes, self._on_progress, self._on_pid, self._on_log)
         attr = getattr(task.fn, "__qualname__", task.fn.__name__)
         return await self._pool.run(c.id, task.name, task.fn.__module__, attr, c.args_json, c.kwargs_json,
                                     task.timeout)
@@ -335,18 +382,34 @@ class Worker:
         if r.handle is not None and not r.handle.done():
             r.handle.cancel()
 
-    def _on_progress(self, task_id: str, pct: int) -> None:
+    def _on_progress(self, task_id: str, pct: int, message: str | None = None) -> None:
         if task_id in self._running:
             prev = self._progress.get(task_id)
-            self._progress[task_id] = RunningUpdate(task_id, pct, prev.pid if prev else None)
+            self._progress[task_id] = RunningUpdate(
+                task_id, pct, prev.pid if prev else None,
+                message if message is not None else (prev.message if prev else None))
             self._flush_wanted.set()
+
+    def _on_log(self, task_id: str, at: float, level: str, message: str) -> None:
+        r = self._running.get(task_id)
+        if r is None:
+            return
+        r.logs += 1
+        if r.logs > MAX_LOGS_PER_ATTEMPT:
+            if r.logs != MAX_LOGS_PER_ATTEMPT + 1:
+                return
+            level, message = "WARNING", f"more than {MAX_LOGS_PER_ATTEMPT} log records: the rest are dropped"
+        self._logs.append(LogRecord(task_id, r.claimed.attempts, utc_from_timestamp(at),  # type: ignore[arg-type]
+                                    level, message[:10_000]))
+        self._flush_wanted.set()
 
     def _on_pid(self, task_id: str, pid: int) -> None:
         r = self._running.get(task_id)
         if r is not None:
             r.pid = pid
             prev = self._progress.get(task_id)
-            self._progress[task_id] = RunningUpdate(task_id, prev.progress if prev else None, pid)
+            self._progress[task_id] = RunningUpdate(task_id, prev.progress if prev else None, pid,
+                                                    prev.message if prev else None)
             self._flush_wanted.set()
 
     # --- side tasks ---
@@ -358,6 +421,7 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval)
             ids = list(self._running) + [o.task_id for o in self._outcomes]
             try:
+                await broker.worker_heartbeat(self.id, len(self._running))
                 if ids:
                     await broker.heartbeat(self.id, ids)
                 rescued = await broker.requeue_stalled(self.heartbeat_timeout, self.max_rescues)
@@ -435,12 +499,20 @@ class Worker:
                     await asyncio.wait_for(self._outcome_ready.wait(), 0.2)
             self._outcome_ready.clear()
             outcomes, self._outcomes = self._outcomes, []
-            updates = [u for tid, u in self._progress.items() if tid in self._running]
+            updates = list(self._progress.values())
             self._progress.clear()
             try:
                 if updates:
                     with contextlib.suppress(Exception):  # progress is best effort
                         await broker.update_running(updates, self.id)
+                if self._logs:
+                    logs, self._logs = self._logs, []
+                    try:
+                        await broker.add_logs(logs)
+                    except BrokerUnavailable:
+                        self._logs[:0] = logs[-10 * MAX_LOGS_PER_ATTEMPT:]  # keep, bounded
+                    except Exception as exc:
+                        log.warning("dropping %d task log record(s): %s", len(logs), exc)
                 if outcomes:
                     try:
                         await broker.finish(outcomes)
@@ -463,7 +535,7 @@ class Worker:
                 backoff = min(backoff * 2, 10.0)
                 self._flush_wanted.set()
                 continue
-            if self._drained.is_set() and not self._outcomes:
+            if self._drained.is_set() and not self._outcomes and not self._logs:
                 return
 
     async def _finish_one_by_one(self, broker: Broker, outcomes: list[Outcome]) -> list[Outcome]:

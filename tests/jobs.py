@@ -180,6 +180,8 @@ def register(app: LiteTask) -> dict[str, Any]:
     tasks["limited"] = app.task(interval, name="limited", max_concurrency=2)
     tasks["tick"] = app.task(tick)
     tasks["fail_nul"] = app.task(fail_nul)
+    tasks["logs_pool"] = app.task(logs_pool)
+    tasks["logs_async"] = app.task(logs_async)
     tasks["chain_async"] = app.task(chain_async)
     tasks["chain_pool"] = app.task(chain_pool)
     tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)
@@ -214,3 +216,25 @@ def chain_pool(n: int) -> str:
     from tests import jobs_chain
 
     return jobs_chain.app_task().delay(n, 2)
+
+
+def logs_pool(n: int, progress: TaskProgress) -> int:
+    import logging
+
+    log = logging.getLogger("tests.jobs.pool")
+    for i in range(n):
+        log.info("pool step %d", i)
+    log.warning("pool done")
+    progress.set(50, "half way in the pool")
+    return n
+
+
+async def logs_async(n: int, progress: TaskProgress) -> int:
+    import logging
+
+    log = logging.getLogger("tests.jobs.async")
+    for i in range(n):
+        log.info("async step %d", i)
+    progress.set(50, "half way")
+    await asyncio.sleep(0.5)
+    return n

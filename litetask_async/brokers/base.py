@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..records import ClaimedTask, NewTask, Outcome, TaskRecord, TaskStatus, utc_from_timestamp
+from ..records import (
+    ClaimedTask,
+    LogRecord,
+    NewTask,
+    Outcome,
+    TaskRecord,
+    TaskStatus,
+    WorkerInfo,
+    utc_from_timestamp,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class RunningUpdate:
     task_id: str
     progress: int | None = None
     pid: int | None = None
+    message: str | None = None
 
 
 class Broker(abc.ABC):
@@ -111,6 +121,48 @@ class Broker(abc.ABC):
         """Cancel a task: pending ones become cancelled at once, running ones are flagged for their
         worker. Returns False when the task was already final. Raises TaskNotFound."""
 
+    # --- operating it: listing, retrying, stats, workers, logs ---
+
+    @abc.abstractmethod
+    async def list_tasks(self, *, status: str | None = None, name: str | None = None,
+                         queue: str | None = None, limit: int = 50,
+                         before: str | None = None) -> list[TaskRecord]:
+        """Newest first; ``before`` is the id of the last task of the previous page (keyset)."""
+
+    @abc.abstractmethod
+    async def retry(self, task_id: str) -> bool:
+        """Put a failed or cancelled task back to pending with one more attempt allowed.
+        False when the task is in another state. Raises TaskNotFound."""
+
+    @abc.abstractmethod
+    async def stats(self) -> dict[str, Any]:
+        """Counts by queue and status, oldest due pending age, completed/failed in the last
+        minute, live workers (see ``LiteTask.stats``)."""
+
+    @abc.abstractmethod
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Record a starting worker (or refresh it)."""
+
+    @abc.abstractmethod
+    async def worker_heartbeat(self, worker_id: str, running: int) -> None:
+        """The worker is alive with ``running`` tasks."""
+
+    @abc.abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """A worker stopped cleanly."""
+
+    @abc.abstractmethod
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        """Workers whose last heartbeat is at most ``alive_within`` seconds old."""
+
+    @abc.abstractmethod
+    async def add_logs(self, records: Sequence[LogRecord]) -> None:
+        """Store log records of tasks."""
+
+    @abc.abstractmethod
+    async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
+        """A task's log records, oldest first."""
+
     @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may be available, or after ``timeout`` seconds."""
@@ -159,6 +211,7 @@ def record_from_row(row: dict[str, Any]) -> TaskRecord:
         queue=row["queue"], priority=row["priority"], max_attempts=row["max_attempts"],
         worker_id=row["worker_id"], heartbeat_at=utc_from_timestamp(row["heartbeat_at"]),
         run_at=utc_from_timestamp(row.get("run_at")), unique_key=row.get("unique_key"),
+        status_message=row.get("status_message"),
     )
 
 
@@ -168,3 +221,38 @@ def _loads_or_raw(text: Any) -> Any:
         return json.loads(text)
     except (TypeError, ValueError):
         return text
+
+
+def stats_dict(counts: Sequence[tuple[str, str, int]], oldest_pending_age: float | None,
+               recent: dict[str, int]) -> dict[str, Any]:
+    """The shape of ``LiteTask.stats()``, from (queue, status, count) rows."""
+    by_queue: dict[str, dict[str, int]] = {}
+    totals = {s.value: 0 for s in TaskStatus}
+    for queue, status, n in counts:
+        by_queue.setdefault(queue, {s.value: 0 for s in TaskStatus})[status] = int(n)
+        totals[status] += int(n)
+    return {
+        "by_queue": by_queue,
+        "totals": totals,
+        "oldest_pending_age": oldest_pending_age,
+        "completed_last_minute": int(recent.get("completed", 0)),
+        "failed_last_minute": int(recent.get("failed", 0)),
+    }
+
+
+def worker_from_row(row: dict[str, Any]) -> WorkerInfo:
+    """A WorkerInfo from a database row (epoch-second times, queues as JSON text)."""
+    return WorkerInfo(
+        id=row["id"], hostname=row["hostname"], pid=row["pid"],
+        queues=json.loads(row["queues"]) if row["queues"] else None,
+        concurrency=row["concurrency"], running=row["running"],
+        started_at=utc_from_timestamp(row["started_at"]),  # type: ignore[arg-type]
+        last_heartbeat=utc_from_timestamp(row["last_heartbeat"]),  # type: ignore[arg-type]
+    )
+
+
+def log_from_row(row: dict[str, Any]) -> LogRecord:
+    """A LogRecord from a database row (epoch-second time)."""
+    return LogRecord(task_id=row["task_id"], attempt=row["attempt"],
+                     at=utc_from_timestamp(row["at"]),  # type: ignore[arg-type]
+                     level=row["level"], message=row["message"])

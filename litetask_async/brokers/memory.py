@@ -13,19 +13,23 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..exceptions import TaskNotFound
 from ..records import (
     FINAL_STATUSES,
     ClaimedTask,
+    LogRecord,
     NewTask,
     Outcome,
     OutcomeKind,
     TaskRecord,
     TaskStatus,
+    WorkerInfo,
+    utc_from_timestamp,
 )
-from .base import Broker, RunningUpdate, record_from_row, worker_lost_error
+from .base import Broker, RunningUpdate, record_from_row, stats_dict, worker_lost_error
 
 
 @dataclass
@@ -55,6 +59,7 @@ class _Row:
     cancel_requested: bool = False
     unique_key: str | None = None
     max_concurrency: int | None = None
+    status_message: str | None = None
 
 
 @dataclass
@@ -64,6 +69,8 @@ class _Store:
     seq: itertools.count[int] = field(default_factory=itertools.count)
     waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     ticks: dict[str, float] = field(default_factory=dict)
+    workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)  # info, last beat
+    logs: dict[str, list[LogRecord]] = field(default_factory=dict)
 
     def active_with_key(self, key: str) -> _Row | None:
         for r in self.rows.values():
@@ -216,6 +223,7 @@ class MemoryBroker(Broker):
                       if r.status in FINAL_STATUSES and r.finished_at is not None and r.finished_at < cutoff]
             for tid in doomed:
                 del self._store.rows[tid]
+                self._store.logs.pop(tid, None)
         return len(doomed)
 
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
@@ -244,6 +252,8 @@ class MemoryBroker(Broker):
                     row.progress = u.progress
                 if u.pid is not None:
                     row.pid = u.pid
+                if u.message is not None:
+                    row.status_message = u.message
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
         now = time.time()
@@ -304,6 +314,80 @@ class MemoryBroker(Broker):
             else:
                 row.cancel_requested = True
             return True
+
+    async def list_tasks(self, *, status: str | None = None, name: str | None = None,
+                         queue: str | None = None, limit: int = 50,
+                         before: str | None = None) -> list[TaskRecord]:
+        with self._store.lock:
+            rows = self._store.rows
+            if before is not None and before not in rows:
+                raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
+            cursor = rows[before].seq if before is not None else None
+            picked = [r for r in rows.values()
+                      if (status is None or r.status.value == status) and (name is None or r.name == name)
+                      and (queue is None or r.queue == queue) and (cursor is None or r.seq < cursor)]
+            picked.sort(key=lambda r: -r.seq)
+            return [_record(r) for r in picked[:limit]]
+
+    async def retry(self, task_id: str) -> bool:
+        with self._store.lock:
+            row = self._store.rows.get(task_id)
+            if row is None:
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            if row.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                return False
+            row.status = TaskStatus.PENDING
+            row.run_at = time.time()
+            row.finished_at = row.worker_id = row.heartbeat_at = row.status_message = None
+            row.cancel_requested = False
+            row.max_attempts = row.attempts + 1
+            row.progress = 0
+            self._store.wake()
+            return True
+
+    async def stats(self) -> dict[str, Any]:
+        now = time.time()
+        with self._store.lock:
+            rows = list(self._store.rows.values())
+        counts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            counts[(r.queue, r.status.value)] = counts.get((r.queue, r.status.value), 0) + 1
+        due = [r.run_at for r in rows if r.status is TaskStatus.PENDING and r.run_at <= now]
+        recent: dict[str, int] = {}
+        for r in rows:
+            if r.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and (r.finished_at or 0) >= now - 60:
+                recent[r.status.value] = recent.get(r.status.value, 0) + 1
+        return stats_dict([(q, st, n) for (q, st), n in counts.items()],
+                          now - min(due) if due else None, recent)
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        with self._store.lock:
+            self._store.workers[info.id] = (info, time.time())
+
+    async def worker_heartbeat(self, worker_id: str, running: int) -> None:
+        with self._store.lock:
+            entry = self._store.workers.get(worker_id)
+            if entry is not None:
+                self._store.workers[worker_id] = (replace(entry[0], running=running), time.time())
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        with self._store.lock:
+            self._store.workers.pop(worker_id, None)
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        cutoff = time.time() - alive_within
+        with self._store.lock:
+            return [replace(info, last_heartbeat=utc_from_timestamp(beat))  # type: ignore[arg-type]
+                    for info, beat in self._store.workers.values() if beat >= cutoff]
+
+    async def add_logs(self, records: Sequence[LogRecord]) -> None:
+        with self._store.lock:
+            for r in records:
+                self._store.logs.setdefault(r.task_id, []).append(r)
+
+    async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
+        with self._store.lock:
+            return list(self._store.logs.get(task_id, [])[:limit])
 
     async def wait_for_work(self, timeout: float) -> None:
         event = self._event

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
@@ -24,9 +25,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
-from ..records import ClaimedTask, NewTask, Outcome, OutcomeKind, TaskRecord
+from ..records import ClaimedTask, LogRecord, NewTask, Outcome, OutcomeKind, TaskRecord, WorkerInfo
 from . import postgres_sql as sql
-from .base import Broker, RunningUpdate, record_from_row, worker_lost_error
+from .base import (
+    Broker,
+    RunningUpdate,
+    log_from_row,
+    record_from_row,
+    stats_dict,
+    worker_from_row,
+    worker_lost_error,
+)
 
 log = logging.getLogger("litetask_async.postgres")
 
@@ -195,6 +204,66 @@ class PostgresBroker(Broker):
     def _on_notify(self, *_args: Any) -> None:
         self._wake.set()
 
+    async def list_tasks(self, *, status: str | None = None, name: str | None = None,
+                         queue: str | None = None, limit: int = 50,
+                         before: str | None = None) -> list[TaskRecord]:
+        async with self._conn() as conn:
+            cursor = None
+            if before is not None:
+                cursor = await conn.fetchval(sql.SEQ_OF, before)
+                if cursor is None:
+                    raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
+            rows = await conn.fetch(sql.LIST, status, name, queue, limit, cursor)
+        return [record_from_row(dict(r)) for r in rows]
+
+    async def retry(self, task_id: str) -> bool:
+        async with self._conn() as conn:
+            if await conn.fetchval(sql.RETRY, task_id) is not None:
+                await conn.execute(sql.NOTIFY, sql.CHANNEL)
+                return True
+            if not await conn.fetchval(sql.EXISTS, task_id):
+                raise TaskNotFound(f"no task with id {task_id!r}")
+            return False
+
+    async def stats(self) -> dict[str, Any]:
+        async with self._conn() as conn:
+            counts = [tuple(r) for r in await conn.fetch(sql.STATS_COUNTS)]
+            oldest = await conn.fetchval(sql.OLDEST_DUE)
+            recent = {r[0]: r[1] for r in await conn.fetch(sql.FINISHED_SINCE)}
+        return stats_dict(counts, oldest, recent)
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        async with self._conn() as conn:
+            await conn.execute(sql.PRUNE_WORKERS)
+            await conn.execute(sql.UPSERT_WORKER, info.id, info.hostname, info.pid,
+                               json.dumps(info.queues), info.concurrency, info.started_at.timestamp())
+
+    async def worker_heartbeat(self, worker_id: str, running: int) -> None:
+        async with self._conn() as conn:
+            await conn.execute(sql.WORKER_HEARTBEAT, worker_id, running)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(sql.DELETE_WORKER, worker_id)
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.LIVE_WORKERS, float(alive_within))
+        return [worker_from_row(dict(r)) for r in rows]
+
+    async def add_logs(self, records: Sequence[LogRecord]) -> None:
+        if not records:
+            return
+        async with self._conn() as conn:
+            await conn.execute(sql.INSERT_LOGS, [r.task_id for r in records], [r.attempt for r in records],
+                               [r.at.timestamp() for r in records], [r.level for r in records],
+                               [r.message.replace("\x00", "\\x00") for r in records])
+
+    async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.TASK_LOGS, task_id, limit)
+        return [log_from_row(dict(r)) for r in rows]
+
     async def wait_for_work(self, timeout: float) -> None:
         if self._listener_task is None and self._pool is not None:
             # Only processes that wait for work listen: a web process that just enqueues holds
@@ -313,7 +382,8 @@ class PostgresBroker(Broker):
             return
         async with self._conn() as conn:
             await conn.execute(sql.UPDATE_RUNNING, [u.task_id for u in updates],
-                               [u.progress for u in updates], [u.pid for u in updates], worker_id)
+                               [u.progress for u in updates], [u.pid for u in updates], worker_id,
+                               [u.message for u in updates])
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
         async with self._conn() as conn:

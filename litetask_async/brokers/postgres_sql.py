@@ -104,6 +104,37 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE TABLE litetask_schedules (name text PRIMARY KEY, last_tick float8 NOT NULL)",
     ),
+    # Operating it: status lines, task logs, live workers, listing by status/name/queue.
+    4: (
+        "ALTER TABLE litetask_tasks ADD COLUMN status_message text",
+        """
+        CREATE TABLE litetask_logs (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            task_id text NOT NULL,
+            attempt integer NOT NULL,
+            at timestamptz NOT NULL,
+            level text NOT NULL,
+            message text NOT NULL
+        )
+        """,
+        "CREATE INDEX litetask_logs_task ON litetask_logs (task_id, id)",
+        """
+        CREATE TABLE litetask_workers (
+            id text PRIMARY KEY,
+            hostname text NOT NULL,
+            pid integer NOT NULL,
+            queues jsonb,
+            concurrency integer NOT NULL,
+            running integer NOT NULL DEFAULT 0,
+            started_at timestamptz NOT NULL,
+            last_heartbeat timestamptz NOT NULL
+        )
+        """,
+        "CREATE INDEX litetask_tasks_seq ON litetask_tasks (seq)",
+        "CREATE INDEX litetask_tasks_status_seq ON litetask_tasks (status, seq)",
+        "CREATE INDEX litetask_tasks_name_seq ON litetask_tasks (name, seq)",
+        "CREATE INDEX litetask_tasks_queue_seq ON litetask_tasks (queue, seq)",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -209,6 +240,8 @@ WITH doomed AS (
       AND finished_at < now() - make_interval(secs => $1)
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), gone_logs AS (
+    DELETE FROM litetask_logs l USING doomed WHERE l.task_id = doomed.id
 )
 DELETE FROM litetask_tasks t USING doomed WHERE t.id = doomed.id
 """
@@ -238,8 +271,9 @@ RETURNING t.id, t.status, t.max_concurrency IS NOT NULL
 
 UPDATE_RUNNING = """
 UPDATE litetask_tasks t
-SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid)
-FROM unnest($1::text[], $2::int[], $3::int[]) AS u(id, progress, pid)
+SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid),
+    status_message = coalesce(u.message, t.status_message)
+FROM unnest($1::text[], $2::int[], $3::int[], $5::text[]) AS u(id, progress, pid, message)
 WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = $4
 """
 
@@ -289,15 +323,73 @@ CANCEL_REQUESTED = """
 SELECT id FROM litetask_tasks WHERE id = ANY($1::text[]) AND cancel_requested
 """
 
-SELECT_ONE = """
-SELECT id, name, queue, priority, status, progress, args::text AS args, kwargs::text AS kwargs,
-       result::text AS result, error::text AS error, errors::text AS errors, pid, attempts, max_attempts, worker_id,
-       extract(epoch FROM created_at)::float8 AS created_at,
+RECORD_COLUMNS = """
+id, name, queue, priority, status, progress, args::text AS args, kwargs::text AS kwargs,
+result::text AS result, error::text AS error, errors::text AS errors, pid, attempts, max_attempts,
+worker_id, extract(epoch FROM created_at)::float8 AS created_at,
+extract(epoch FROM started_at)::float8 AS started_at,
+extract(epoch FROM finished_at)::float8 AS finished_at,
+extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,
+extract(epoch FROM run_at)::float8 AS run_at, unique_key, status_message
+"""
+
+SELECT_ONE = f"SELECT {RECORD_COLUMNS} FROM litetask_tasks WHERE id = $1"
+
+# Keyset pagination on seq, newest first; each filter is skipped when NULL.
+LIST = f"""
+SELECT {RECORD_COLUMNS} FROM litetask_tasks
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
+  AND ($3::text IS NULL OR queue = $3)
+  AND ($5::bigint IS NULL OR seq < $5)
+ORDER BY seq DESC
+LIMIT $4
+"""
+
+SEQ_OF = "SELECT seq FROM litetask_tasks WHERE id = $1"
+
+RETRY = """
+UPDATE litetask_tasks
+SET status = 'pending', run_at = now(), finished_at = NULL, worker_id = NULL, heartbeat_at = NULL,
+    cancel_requested = false, max_attempts = attempts + 1, progress = 0, status_message = NULL
+WHERE id = $1 AND status IN ('failed', 'cancelled')
+RETURNING id
+"""
+
+STATS_COUNTS = "SELECT queue, status, count(*) FROM litetask_tasks GROUP BY queue, status"
+OLDEST_DUE = """
+SELECT extract(epoch FROM now() - min(run_at))::float8 FROM litetask_tasks
+WHERE status = 'pending' AND run_at <= now()
+"""
+FINISHED_SINCE = """
+SELECT status, count(*) FROM litetask_tasks
+WHERE status IN ('completed', 'failed') AND finished_at >= now() - interval '1 minute'
+GROUP BY status
+"""
+
+UPSERT_WORKER = """
+INSERT INTO litetask_workers (id, hostname, pid, queues, concurrency, running, started_at, last_heartbeat)
+VALUES ($1, $2, $3, $4::jsonb, $5, 0, to_timestamp($6), now())
+ON CONFLICT (id) DO UPDATE SET last_heartbeat = now()
+"""
+PRUNE_WORKERS = "DELETE FROM litetask_workers WHERE last_heartbeat < now() - interval '1 day'"
+WORKER_HEARTBEAT = "UPDATE litetask_workers SET running = $2, last_heartbeat = now() WHERE id = $1"
+DELETE_WORKER = "DELETE FROM litetask_workers WHERE id = $1"
+LIVE_WORKERS = """
+SELECT id, hostname, pid, queues::text AS queues, concurrency, running,
        extract(epoch FROM started_at)::float8 AS started_at,
-       extract(epoch FROM finished_at)::float8 AS finished_at,
-       extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,
-       extract(epoch FROM run_at)::float8 AS run_at, unique_key
-FROM litetask_tasks WHERE id = $1
+       extract(epoch FROM last_heartbeat)::float8 AS last_heartbeat
+FROM litetask_workers WHERE last_heartbeat >= now() - make_interval(secs => $1)
+ORDER BY started_at
+"""
+
+INSERT_LOGS = """
+INSERT INTO litetask_logs (task_id, attempt, at, level, message)
+SELECT u.task_id, u.attempt, to_timestamp(u.at), u.level, u.message
+FROM unnest($1::text[], $2::int[], $3::float8[], $4::text[], $5::text[]) AS u(task_id, attempt, at, level, message)
+"""
+TASK_LOGS = """
+SELECT task_id, attempt, extract(epoch FROM at)::float8 AS at, level, message
+FROM litetask_logs WHERE task_id = $1 ORDER BY id LIMIT $2
 """
 
 NOTIFY = "SELECT pg_notify($1, '')"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -31,9 +32,17 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
-from ..records import ClaimedTask, NewTask, Outcome, OutcomeKind, TaskRecord
+from ..records import ClaimedTask, LogRecord, NewTask, Outcome, OutcomeKind, TaskRecord, WorkerInfo
 from . import sqlite_sql as sql
-from .base import Broker, RunningUpdate, record_from_row, worker_lost_error
+from .base import (
+    Broker,
+    RunningUpdate,
+    log_from_row,
+    record_from_row,
+    stats_dict,
+    worker_from_row,
+    worker_lost_error,
+)
 
 log = logging.getLogger("litetask_async.sqlite")
 
@@ -341,7 +350,38 @@ def _op_enqueue_tick(conn: sqlite3.Connection, schedule: str, tick: float, task:
 
 
 def _op_purge(conn: sqlite3.Connection, cutoff: float, batch_size: int) -> int:
-    return conn.execute(sql.PURGE, (cutoff, batch_size)).rowcount
+    ids = [(r[0],) for r in conn.execute(sql.PURGE_PICK, (cutoff, batch_size)).fetchall()]
+    conn.executemany(sql.PURGE_LOGS, ids)
+    conn.executemany(sql.PURGE_TASK, ids)
+    return len(ids)
+
+
+def _op_retry(conn: sqlite3.Connection, task_id: str) -> bool:
+    if conn.execute(sql.RETRY, (time.time(), task_id)).rowcount:
+        return True
+    if conn.execute(sql.EXISTS, (task_id,)).fetchone() is None:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    return False
+
+
+def _op_register_worker(conn: sqlite3.Connection, w: WorkerInfo) -> None:
+    now = time.time()
+    conn.execute(sql.PRUNE_WORKERS, (now - 86400,))
+    conn.execute(sql.UPSERT_WORKER, (w.id, w.hostname, w.pid, json.dumps(w.queues), w.concurrency,
+                                     w.started_at.timestamp(), now))
+
+
+def _op_worker_heartbeat(conn: sqlite3.Connection, worker_id: str, running: int) -> None:
+    conn.execute(sql.WORKER_HEARTBEAT, (running, time.time(), worker_id))
+
+
+def _op_unregister_worker(conn: sqlite3.Connection, worker_id: str) -> None:
+    conn.execute(sql.DELETE_WORKER, (worker_id,))
+
+
+def _op_add_logs(conn: sqlite3.Connection, records: Sequence[LogRecord]) -> None:
+    conn.executemany(sql.INSERT_LOG, [(r.task_id, r.attempt, r.at.timestamp(), r.level, r.message)
+                                      for r in records])
 
 
 def _finish_params(o: Outcome, now: float) -> tuple[Any, ...]:
@@ -366,7 +406,8 @@ def _op_finish(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[st
 
 
 def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate], worker_id: str) -> None:
-    conn.executemany(sql.UPDATE_PROGRESS, [(u.progress, u.pid, u.task_id, worker_id) for u in updates])
+    conn.executemany(sql.UPDATE_PROGRESS, [(u.progress, u.pid, u.message, u.task_id, worker_id)
+                                           for u in updates])
 
 
 def _op_heartbeat(conn: sqlite3.Connection, worker_id: str, task_ids: Sequence[str]) -> None:
@@ -520,6 +561,58 @@ class SQLiteBroker(Broker):
 
     async def cancel(self, task_id: str) -> bool:
         return await self._write(_op_cancel, task_id)
+
+    async def list_tasks(self, *, status: str | None = None, name: str | None = None,
+                         queue: str | None = None, limit: int = 50,
+                         before: str | None = None) -> list[TaskRecord]:
+        where, params = [], []
+        for column, value in (("status", status), ("name", name), ("queue", queue)):
+            if value is not None:
+                where.append(f"AND {column} = ?")
+                params.append(value)
+        if before is not None:
+            async with self.reader.execute(sql.SEQ_OF, (before,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
+            where.append("AND seq < ?")
+            params.append(row[0])
+        async with self.reader.execute(sql.LIST.format(where=" ".join(where)), (*params, limit)) as cur:
+            return [record_from_row(dict(r)) for r in await cur.fetchall()]
+
+    async def retry(self, task_id: str) -> bool:
+        return await self._write(_op_retry, task_id)
+
+    async def stats(self) -> dict[str, Any]:
+        now = time.time()
+        async with self.reader.execute(sql.STATS_COUNTS) as cur:
+            counts = [tuple(r) for r in await cur.fetchall()]
+        async with self.reader.execute(sql.OLDEST_DUE, (now,)) as cur:
+            oldest = (await cur.fetchone())[0]  # type: ignore[index]
+        async with self.reader.execute(sql.FINISHED_SINCE, (now - 60,)) as cur:
+            recent = {r[0]: r[1] for r in await cur.fetchall()}
+        return stats_dict(counts, None if oldest is None else now - oldest, recent)
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        await self._write(_op_register_worker, info)
+
+    async def worker_heartbeat(self, worker_id: str, running: int) -> None:
+        await self._write(_op_worker_heartbeat, worker_id, running)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._write(_op_unregister_worker, worker_id)
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        async with self.reader.execute(sql.LIVE_WORKERS, (time.time() - alive_within,)) as cur:
+            return [worker_from_row(dict(r)) for r in await cur.fetchall()]
+
+    async def add_logs(self, records: Sequence[LogRecord]) -> None:
+        if records:
+            await self._write(_op_add_logs, records)
+
+    async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
+        async with self.reader.execute(sql.TASK_LOGS, (task_id, limit)) as cur:
+            return [log_from_row(dict(r)) for r in await cur.fetchall()]
 
     async def wait_for_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -84,6 +84,36 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
         "CREATE TABLE litetask_schedules (name TEXT PRIMARY KEY, last_tick REAL NOT NULL)",
     ),
+    # Operating it: status lines, task logs, live workers, listing by status/name/queue.
+    4: (
+        "ALTER TABLE litetask_tasks ADD COLUMN status_message TEXT",
+        """
+        CREATE TABLE litetask_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            at REAL NOT NULL,
+            level TEXT NOT NULL,
+            message TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX litetask_logs_task ON litetask_logs (task_id, id)",
+        """
+        CREATE TABLE litetask_workers (
+            id TEXT PRIMARY KEY,
+            hostname TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            queues TEXT,
+            concurrency INTEGER NOT NULL,
+            running INTEGER NOT NULL DEFAULT 0,
+            started_at REAL NOT NULL,
+            last_heartbeat REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX litetask_tasks_status_seq ON litetask_tasks (status, seq)",
+        "CREATE INDEX litetask_tasks_name_seq ON litetask_tasks (name, seq)",
+        "CREATE INDEX litetask_tasks_queue_seq ON litetask_tasks (queue, seq)",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -141,13 +171,13 @@ GET_TICK = "SELECT last_tick FROM litetask_schedules WHERE name = ?"
 INSERT_TICK = "INSERT INTO litetask_schedules (name, last_tick) VALUES (?, ?)"
 UPDATE_TICK = "UPDATE litetask_schedules SET last_tick = ? WHERE name = ?"
 
-PURGE = """
-DELETE FROM litetask_tasks WHERE seq IN (
-    SELECT seq FROM litetask_tasks
-    WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < ?
-    LIMIT ?
-)
+PURGE_PICK = """
+SELECT id FROM litetask_tasks
+WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < ?
+LIMIT ?
 """
+PURGE_LOGS = "DELETE FROM litetask_logs WHERE task_id = ?"
+PURGE_TASK = "DELETE FROM litetask_tasks WHERE id = ?"
 
 HAS_DUE = "SELECT 1 FROM litetask_tasks WHERE status = 'pending' AND run_at <= ? LIMIT 1"
 
@@ -172,7 +202,8 @@ WHERE id = ?9 AND status = 'running' AND worker_id = ?10 AND attempts = ?11
 """
 
 UPDATE_PROGRESS = """
-UPDATE litetask_tasks SET progress = coalesce(?, progress), pid = coalesce(?, pid)
+UPDATE litetask_tasks
+SET progress = coalesce(?, progress), pid = coalesce(?, pid), status_message = coalesce(?, status_message)
 WHERE id = ? AND status = 'running' AND worker_id = ?
 """
 
@@ -214,3 +245,41 @@ SELECT_ONE = "SELECT * FROM litetask_tasks WHERE id = ?"
 CANCEL_REQUESTED = "SELECT id FROM litetask_tasks WHERE cancel_requested = 1 AND id IN ({marks})"
 
 DATA_VERSION = "PRAGMA data_version"
+
+# {where} is built from optional filters; keyset pagination on seq, newest first.
+LIST = """
+SELECT * FROM litetask_tasks
+WHERE 1 = 1 {where}
+ORDER BY seq DESC
+LIMIT ?
+"""
+
+SEQ_OF = "SELECT seq FROM litetask_tasks WHERE id = ?"
+
+RETRY = """
+UPDATE litetask_tasks
+SET status = 'pending', run_at = ?, finished_at = NULL, worker_id = NULL, heartbeat_at = NULL,
+    cancel_requested = 0, max_attempts = attempts + 1, progress = 0, status_message = NULL
+WHERE id = ? AND status IN ('failed', 'cancelled')
+"""
+
+STATS_COUNTS = "SELECT queue, status, count(*) FROM litetask_tasks GROUP BY queue, status"
+OLDEST_DUE = "SELECT min(run_at) FROM litetask_tasks WHERE status = 'pending' AND run_at <= ?"
+FINISHED_SINCE = """
+SELECT status, count(*) FROM litetask_tasks
+WHERE status IN ('completed', 'failed') AND finished_at >= ? GROUP BY status
+"""
+
+UPSERT_WORKER = """
+INSERT INTO litetask_workers (id, hostname, pid, queues, concurrency, running, started_at, last_heartbeat)
+VALUES (?, ?, ?, ?, ?, 0, ?, ?)
+ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat
+"""
+WORKER_HEARTBEAT = "UPDATE litetask_workers SET running = ?, last_heartbeat = ? WHERE id = ?"
+DELETE_WORKER = "DELETE FROM litetask_workers WHERE id = ?"
+# workers gone for long (killed, never unregistered) are forgotten
+PRUNE_WORKERS = "DELETE FROM litetask_workers WHERE last_heartbeat < ?"
+LIVE_WORKERS = "SELECT * FROM litetask_workers WHERE last_heartbeat >= ? ORDER BY started_at"
+
+INSERT_LOG = "INSERT INTO litetask_logs (task_id, attempt, at, level, message) VALUES (?, ?, ?, ?, ?)"
+TASK_LOGS = "SELECT * FROM litetask_logs WHERE task_id = ? ORDER BY id LIMIT ?"
