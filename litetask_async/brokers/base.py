@@ -164,6 +164,18 @@ class Broker(abc.ABC):
         """A task's log records, oldest first."""
 
     @abc.abstractmethod
+    async def name_counts(self) -> list[tuple[str, str, int, int]]:
+        """(name, status, tasks, tasks with more than one attempt) for every name and status."""
+
+    @abc.abstractmethod
+    async def durations(self) -> list[tuple[str, int, int, float]]:
+        """(name, bucket index into DURATION_BUCKETS, count, sum of seconds) of finished tasks."""
+
+    @abc.abstractmethod
+    async def throughput(self, window: float, bucket: float) -> list[tuple[float, int, int]]:
+        """(bucket start, completed, failed) for tasks finished in the last ``window`` seconds."""
+
+    @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new work may be available, or after ``timeout`` seconds."""
 
@@ -256,3 +268,20 @@ def log_from_row(row: dict[str, Any]) -> LogRecord:
     return LogRecord(task_id=row["task_id"], attempt=row["attempt"],
                      at=utc_from_timestamp(row["at"]),  # type: ignore[arg-type]
                      level=row["level"], message=row["message"])
+
+
+#: Upper bounds (seconds) of the task-duration histogram buckets; the last bucket is +Inf.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def bucket_case(expr: str) -> str:
+    """SQL ``CASE`` giving the bucket index of a duration expression (same for both databases)."""
+    whens = " ".join(f"WHEN {expr} <= {b!r} THEN {i}" for i, b in enumerate(DURATION_BUCKETS))
+    return f"CASE {whens} ELSE {len(DURATION_BUCKETS)} END"
+
+
+def bucket_index(seconds: float) -> int:
+    for i, b in enumerate(DURATION_BUCKETS):
+        if seconds <= b:
+            return i
+    return len(DURATION_BUCKETS)

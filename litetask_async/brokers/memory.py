@@ -29,7 +29,7 @@ from ..records import (
     WorkerInfo,
     utc_from_timestamp,
 )
-from .base import Broker, RunningUpdate, record_from_row, stats_dict, worker_lost_error
+from .base import Broker, RunningUpdate, bucket_index, record_from_row, stats_dict, worker_lost_error
 
 
 @dataclass
@@ -388,6 +388,37 @@ class MemoryBroker(Broker):
     async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
         with self._store.lock:
             return list(self._store.logs.get(task_id, [])[:limit])
+
+    async def name_counts(self) -> list[tuple[str, str, int, int]]:
+        counts: dict[tuple[str, str], list[int]] = {}
+        with self._store.lock:
+            for r in self._store.rows.values():
+                c = counts.setdefault((r.name, r.status.value), [0, 0])
+                c[0] += 1
+                c[1] += r.attempts > 1
+        return [(n, st, c[0], c[1]) for (n, st), c in counts.items()]
+
+    async def durations(self) -> list[tuple[str, int, int, float]]:
+        acc: dict[tuple[str, int], list[float]] = {}
+        with self._store.lock:
+            for r in self._store.rows.values():
+                if r.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and r.started_at and r.finished_at:
+                    d = r.finished_at - r.started_at
+                    a = acc.setdefault((r.name, bucket_index(d)), [0, 0.0])
+                    a[0] += 1
+                    a[1] += d
+        return [(n, b, int(a[0]), a[1]) for (n, b), a in acc.items()]
+
+    async def throughput(self, window: float, bucket: float) -> list[tuple[float, int, int]]:
+        since = time.time() - window
+        acc: dict[float, list[int]] = {}
+        with self._store.lock:
+            for r in self._store.rows.values():
+                if r.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and (r.finished_at or 0) >= since:
+                    b = (r.finished_at // bucket) * bucket  # type: ignore[operator]
+                    a = acc.setdefault(b, [0, 0])
+                    a[r.status is TaskStatus.FAILED] += 1
+        return [(b, a[0], a[1]) for b, a in sorted(acc.items())]
 
     async def wait_for_work(self, timeout: float) -> None:
         event = self._event

@@ -30,6 +30,7 @@ from . import postgres_sql as sql
 from .base import (
     Broker,
     RunningUpdate,
+    bucket_case,
     log_from_row,
     record_from_row,
     stats_dict,
@@ -263,6 +264,20 @@ class PostgresBroker(Broker):
         async with self._conn() as conn:
             rows = await conn.fetch(sql.TASK_LOGS, task_id, limit)
         return [log_from_row(dict(r)) for r in rows]
+
+    async def name_counts(self) -> list[tuple[str, str, int, int]]:
+        async with self._conn() as conn:
+            return [(r[0], r[1], r[2], r[3]) for r in await conn.fetch(sql.NAME_COUNTS)]
+
+    async def durations(self) -> list[tuple[str, int, int, float]]:
+        query = sql.DURATIONS.format(bucket=bucket_case("extract(epoch FROM finished_at - started_at)"))
+        async with self._conn() as conn:
+            return [(r[0], r[1], r[2], r[3] or 0.0) for r in await conn.fetch(query)]
+
+    async def throughput(self, window: float, bucket: float) -> list[tuple[float, int, int]]:
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.THROUGHPUT, float(bucket), float(window))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._listener_task is None and self._pool is not None:

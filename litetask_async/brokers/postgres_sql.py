@@ -393,3 +393,18 @@ FROM litetask_logs WHERE task_id = $1 ORDER BY id LIMIT $2
 """
 
 NOTIFY = "SELECT pg_notify($1, '')"
+
+NAME_COUNTS = """
+SELECT name, status, count(*), count(*) FILTER (WHERE attempts > 1) FROM litetask_tasks GROUP BY name, status
+"""
+DURATIONS = """
+SELECT name, {bucket} AS b, count(*), sum(extract(epoch FROM finished_at - started_at))::float8
+FROM litetask_tasks WHERE status IN ('completed', 'failed') AND started_at IS NOT NULL GROUP BY name, b
+"""
+THROUGHPUT = """
+SELECT (floor(extract(epoch FROM finished_at) / $1) * $1)::float8 AS b,
+       count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed')
+FROM litetask_tasks
+WHERE status IN ('completed', 'failed') AND finished_at >= now() - make_interval(secs => $2)
+GROUP BY b ORDER BY b
+"""

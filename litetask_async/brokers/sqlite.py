@@ -37,6 +37,7 @@ from . import sqlite_sql as sql
 from .base import (
     Broker,
     RunningUpdate,
+    bucket_case,
     log_from_row,
     record_from_row,
     stats_dict,
@@ -613,6 +614,19 @@ class SQLiteBroker(Broker):
     async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
         async with self.reader.execute(sql.TASK_LOGS, (task_id, limit)) as cur:
             return [log_from_row(dict(r)) for r in await cur.fetchall()]
+
+    async def name_counts(self) -> list[tuple[str, str, int, int]]:
+        async with self.reader.execute(sql.NAME_COUNTS) as cur:
+            return [(r[0], r[1], r[2], r[3] or 0) for r in await cur.fetchall()]
+
+    async def durations(self) -> list[tuple[str, int, int, float]]:
+        query = sql.DURATIONS.format(bucket=bucket_case("(finished_at - started_at)"))
+        async with self.reader.execute(query) as cur:
+            return [(r[0], r[1], r[2], r[3] or 0.0) for r in await cur.fetchall()]
+
+    async def throughput(self, window: float, bucket: float) -> list[tuple[float, int, int]]:
+        async with self.reader.execute(sql.THROUGHPUT, (bucket, time.time() - window)) as cur:
+            return [(float(r[0]), r[1] or 0, r[2] or 0) for r in await cur.fetchall()]
 
     async def wait_for_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

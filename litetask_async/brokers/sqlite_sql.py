@@ -283,3 +283,16 @@ LIVE_WORKERS = "SELECT * FROM litetask_workers WHERE last_heartbeat >= ? ORDER B
 
 INSERT_LOG = "INSERT INTO litetask_logs (task_id, attempt, at, level, message) VALUES (?, ?, ?, ?, ?)"
 TASK_LOGS = "SELECT * FROM litetask_logs WHERE task_id = ? ORDER BY id LIMIT ?"
+
+NAME_COUNTS = """
+SELECT name, status, count(*), sum(attempts > 1) FROM litetask_tasks GROUP BY name, status
+"""
+DURATIONS = """
+SELECT name, {bucket} AS b, count(*), sum(finished_at - started_at) FROM litetask_tasks
+WHERE status IN ('completed', 'failed') AND started_at IS NOT NULL GROUP BY name, b
+"""
+THROUGHPUT = """
+SELECT CAST(finished_at / ?1 AS INTEGER) * ?1 AS b, sum(status = 'completed'), sum(status = 'failed')
+FROM litetask_tasks WHERE status IN ('completed', 'failed') AND finished_at >= ?2
+GROUP BY b ORDER BY b
+"""

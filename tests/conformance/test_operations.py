@@ -94,3 +94,24 @@ async def test_logs_from_async_and_pool_tasks_and_status_line(app: LiteTask) -> 
     assert lp[-1].level == "WARNING" and all(x.attempt == 1 for x in la + lp)
     assert all(x.at.tzinfo is not None for x in la)
     assert ra.status is TaskStatus.COMPLETED
+
+
+async def test_counts_durations_and_throughput_for_metrics(app: LiteTask) -> None:
+    from litetask_async.brokers.base import DURATION_BUCKETS, bucket_index
+
+    t = jobs.register(app)
+    async with running_worker(app):
+        for i in range(3):
+            await app.wait(await t["aadd"].adelay(i, i), 10)
+        await app.wait(await t["flaky_async"].adelay(f"m-{app.url}", 1), 10)
+        await app.wait(await t["sleep_async"].adelay(0.3), 10)
+    b = await app.broker()
+    counts = {(n, s): (c, r) for n, s, c, r in await b.name_counts()}
+    assert counts[("tests.jobs.aadd", "completed")] == (3, 0)
+    assert counts[("tests.jobs.flaky_async", "completed")] == (1, 1)  # retried once
+    durations = {(n, i): (c, total) for n, i, c, total in await b.durations()}
+    slow = [(i, c, total) for (n, i), (c, total) in durations.items() if n == "tests.jobs.sleep_async"]
+    assert len(slow) == 1 and slow[0][0] == bucket_index(0.3) and slow[0][1] == 1
+    assert 0.29 < slow[0][2] < 1.0 and DURATION_BUCKETS[slow[0][0]] >= 0.3
+    per_minute = await b.throughput(3600, 60)
+    assert sum(c for _, c, _ in per_minute) == 5 and sum(f for *_, f in per_minute) == 0
