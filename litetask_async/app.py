@@ -78,6 +78,11 @@ class LiteTask:
                  result_ttl: timedelta | float | None = None) -> None:
         self.url = url
         self._make_broker = broker_factory(url, auto_migrate)
+        self._sqlite: tuple[str, int] | None = None
+        if url.split("://", 1)[0].lower() in ("sqlite", "sqlite+aiosqlite"):
+            from .brokers.sqlite import busy_timeout_ms, path_from_url
+
+            self._sqlite = (path_from_url(url), busy_timeout_ms(url))
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         if result_ttl is not None and not isinstance(result_ttl, timedelta):
@@ -393,6 +398,16 @@ class LiteTask:
                 self._portal = ready.result()
                 self._portal_pid = os.getpid()
             return self._portal
+
+    def _enqueue_sync(self, tasks: Sequence[NewTask]) -> list[str]:
+        """Enqueue from sync code. On SQLite the calling thread hands the insert straight to the
+        writer thread (its group commit still batches concurrent callers); elsewhere the sync
+        facade's loop runs it."""
+        if self._sqlite is not None:
+            from .brokers.sqlite import enqueue_blocking
+
+            return enqueue_blocking(*self._sqlite, tasks)
+        return self._call_sync(self._enqueue, tasks)
 
     def _call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self._get_portal().call(fn, *args)

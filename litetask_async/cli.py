@@ -1,21 +1,62 @@
-"""The ``litetask`` command: ``litetask worker module:app [--concurrency 8]``, ``litetask migrate``."""
+"""The ``litetask`` command: run workers, migrate, and look at (and act on) the task table.
+
+``litetask worker module:app [--concurrency 8]`` runs a worker; ``litetask migrate`` applies the
+schema; ``list``, ``show``, ``logs``, ``cancel``, ``retry``, ``purge``, ``stats`` and ``workers``
+inspect and operate the queue; ``dashboard`` serves the web dashboard. Every command finds its app
+through ``--app MODULE:APP``, ``--url URL`` or the ``LITETASK_APP`` environment variable.
+
+Tables are for people; ``--json`` prints the same data for scripts (datetimes as ISO strings).
+Expected failures print one line on stderr and exit non-zero, without a traceback: 2 for usage,
+app, URL and database problems, 1 for an unknown task id.
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
+import enum
 import importlib
+import ipaddress
+import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
 
 from .app import LiteTask
-from .exceptions import LiteTaskError
+from .exceptions import LiteTaskError, TaskNotFound
+from .records import LogRecord, TaskRecord, TaskStatus, WorkerInfo
+
+APP_ENV = "LITETASK_APP"
+TOKEN_ENV = "LITETASK_DASHBOARD_TOKEN"
+DASHBOARD_MISSING = "the dashboard needs: pip install litetask_async[dashboard]"
+
+EXIT_FAILURE = 1  # unknown task id, dashboard not installed
+EXIT_USAGE = 2  # bad command line, app, URL or database
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class AppImportError(LiteTaskError):
     """The ``module:app`` given on the command line cannot be loaded."""
+
+
+class CommandError(click.ClickException):
+    """An expected failure: one line on stderr, then exit with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"litetask: error: {self.format_message()}", err=True)
 
 
 def load_app(spec: str) -> LiteTask:
@@ -40,53 +81,537 @@ def load_app(spec: str) -> LiteTask:
     return obj
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="litetask", description="litetask_async command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="run a worker until SIGTERM/SIGINT")
-    w.add_argument("app", help="the app to serve, as MODULE:APP (e.g. myproject.tasks:app)")
-    w.add_argument("--concurrency", type=int, default=8, help="tasks run at once (default 8)")
-    w.add_argument("--queues", default=None,
-                   help="comma-separated queues to take tasks from (default: every queue)")
-    w.add_argument("--processes", type=int, default=None,
-                   help="process-pool size for plain def tasks (default: min(concurrency, CPUs))")
-    w.add_argument("--heartbeat-interval", type=float, default=5.0)
-    w.add_argument("--heartbeat-timeout", type=float, default=30.0)
-    w.add_argument("--grace-period", type=float, default=30.0,
-                   help="seconds running tasks get to finish on SIGTERM before they are put back")
-    w.add_argument("--max-rescues", type=int, default=3,
-                   help="times a task may be taken up again after its worker vanished before it fails")
-    w.add_argument("--log-level", default="INFO")
-    m = sub.add_parser("migrate", help="create or upgrade the database schema, then exit")
-    target = m.add_mutually_exclusive_group(required=True)
-    target.add_argument("--app", help="the app, as MODULE:APP")
-    target.add_argument("--url", help="the broker URL, e.g. postgresql://user@host/db")
-    m.add_argument("--log-level", default="INFO")
-    return parser
+# --- choosing the app ---
+
+def app_options(f: F) -> F:
+    """``--app`` and ``--url``, shared by every command."""
+    f = click.option("--url", metavar="URL",
+                     help="Broker URL (sqlite:///tasks.db, postgresql://user@host/db), instead of an app.")(f)
+    f = click.option("--app", "app_spec", metavar="MODULE:APP",
+                     help=f"The app, e.g. myproject.tasks:app (default: ${APP_ENV}).")(f)
+    return f
+
+
+def resolve_app(app_spec: str | None, url: str | None, *, needs_tasks: bool = False,
+                must_exist: bool = False) -> LiteTask:
+    """The app named by ``--app``/``--url``, else by ``$LITETASK_APP``.
+
+    ``needs_tasks``: refuse a bare URL (a worker must know the app's tasks). ``must_exist``: refuse
+    an SQLite file that is not there (inspecting a typo'd path would create an empty database).
+    """
+    if app_spec and url:
+        raise click.UsageError("give either --app or --url, not both")
+    if not app_spec and not url:
+        app_spec = os.environ.get(APP_ENV) or None
+        if app_spec is None:
+            raise click.UsageError(f"which app? give --app MODULE:APP or --url URL, or set ${APP_ENV}")
+    if url is not None:
+        if needs_tasks:
+            raise click.UsageError(
+                "the worker runs the app's tasks: give the app as MODULE:APP, not a bare --url")
+        app = LiteTask(url)
+    else:
+        assert app_spec is not None
+        app = load_app(app_spec)
+    if must_exist:
+        _check_sqlite_file(app.url)
+    return app
+
+
+def _check_sqlite_file(url: str) -> None:
+    if not url.lower().startswith("sqlite"):
+        return
+    from .brokers.sqlite import path_from_url
+
+    path = path_from_url(url)
+    if not Path(path).is_file():
+        raise CommandError(f"no SQLite database at {path!r} (check the URL; workers and producers create it)")
+
+
+@contextmanager
+def opened(app_spec: str | None, url: str | None) -> Iterator[LiteTask]:
+    """The app for an inspecting command, closed at the end."""
+    app = resolve_app(app_spec, url, must_exist=True)
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+# --- output ---
+
+def fmt_time(dt: datetime | None, *, millis: bool = False) -> str:
+    """UTC, to the second (or millisecond); ``-`` for None."""
+    if dt is None:
+        return "-"
+    text = dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if millis else "%Y-%m-%d %H:%M:%S")
+    return text[:-3] if millis else text
+
+
+def fmt_age(seconds: float | None) -> str:
+    """``45s``, ``3m05s``, ``2h07m``, ``3d04h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def cell(value: object) -> str:
+    """A table cell: one line, control characters escaped."""
+    text = "-" if value is None else str(value)
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: frozenset[int] = frozenset()) -> str:
+    """Aligned plain-text columns; ``right`` holds the indexes of right-aligned columns."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if i in right else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in rows)])
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Records to dicts, datetimes to ISO strings, enums to their values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    return obj
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False))
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(f)
+
+
+def pretty_value(value: Any) -> str:
+    """A JSON payload (args, kwargs, result): compact when short, indented when long."""
+    text = json.dumps(value, ensure_ascii=False)
+    if len(text) > 80:
+        text = json.dumps(value, ensure_ascii=False, indent=2)
+    return text
+
+
+def indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())
+
+
+def not_found(task_id: str) -> NoReturn:
+    raise TaskNotFound(f"no task with id {task_id!r}")
+
+
+# --- durations ---
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` (also ``1.5h``) to a timedelta."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"expected a duration such as 30s, 15m, 12h, 7d or plain seconds, got {text!r}")
+    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()])
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+# --- the commands ---
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """litetask_async: run workers and look after the task queue.
+
+    Every command takes the app as --app MODULE:APP, or the broker as --url URL, or reads
+    MODULE:APP from $LITETASK_APP. Times are shown in UTC.
+    """
+
+
+def _setup_logging(level: str) -> None:
+    try:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--log-level'") from None
+
+
+@cli.command()
+@click.argument("positional_app", required=False, metavar="[MODULE:APP]")
+@app_options
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tasks run at once.")
+@click.option("--queues", default=None, help="Comma-separated queues to take tasks from (default: every queue).")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Process-pool size for plain def tasks (default: min(concurrency, CPUs)).")
+@click.option("--heartbeat-interval", type=float, default=5.0, show_default=True)
+@click.option("--heartbeat-timeout", type=float, default=30.0, show_default=True)
+@click.option("--grace-period", type=float, default=30.0, show_default=True,
+              help="Seconds running tasks get to finish on SIGTERM before they are put back.")
+@click.option("--max-rescues", type=int, default=3, show_default=True,
+              help="Times a task may be taken up again after its worker vanished before it fails.")
+@click.option("--log-level", default="INFO", show_default=True)
+def worker(positional_app: str | None, app_spec: str | None, url: str | None, concurrency: int,
+           queues: str | None, processes: int | None, heartbeat_interval: float, heartbeat_timeout: float,
+           grace_period: float, max_rescues: int, log_level: str) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal skips the grace period)."""
+    if positional_app and app_spec:
+        raise click.UsageError("give the app once: as MODULE:APP or as --app, not both")
+    _setup_logging(log_level)
+    app = resolve_app(positional_app or app_spec, url, needs_tasks=True)
+    try:
+        asyncio.run(app.run_worker(
+            concurrency=concurrency, processes=processes,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+            grace_period=grace_period, max_rescues=max_rescues,
+        ))
+    finally:
+        app.close()
+
+
+@cli.command()
+@app_options
+@click.option("--log-level", default="INFO", show_default=True)
+def migrate(app_spec: str | None, url: str | None, log_level: str) -> None:
+    """Create or upgrade the database schema, then exit."""
+    _setup_logging(log_level)
+    app = resolve_app(app_spec, url)
+    try:
+        version = asyncio.run(app.migrate())
+    finally:
+        app.close()
+    click.echo(f"litetask schema is at version {version}")
+
+
+def _quiet_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="litetask: %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command("list")
+@app_options
+@click.option("--status", type=click.Choice([s.value for s in TaskStatus]), default=None,
+              help="Only tasks in this state.")
+@click.option("--name", default=None, help="Only tasks with this name.")
+@click.option("--queue", default=None, help="Only tasks of this queue.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True,
+              help="Tasks per page.")
+@click.option("--before", metavar="ID", default=None,
+              help="Start after this task (the last id of the previous page).")
+@json_option
+def list_command(app_spec: str | None, url: str | None, status: str | None, name: str | None,
+                 queue: str | None, limit: int, before: str | None, as_json: bool) -> None:
+    """List tasks, newest first, a page at a time."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        # One more than asked tells whether another page exists.
+        records = app.list_tasks_sync(status, name, queue, min(limit + 1, 10_000), before)
+    more = len(records) > limit or (limit == 10_000 and len(records) == limit)
+    records = records[:limit]
+    next_before = records[-1].id if more and records else None
+    if as_json:
+        echo_json({"tasks": records, "next_before": next_before})
+        return
+    if not records:
+        click.echo("no tasks")
+        return
+    rows = [[r.id, cell(r.name), r.status.value, f"{r.progress}%", cell(r.queue),
+             f"{r.attempts}/{r.max_attempts}", fmt_time(r.created_at), fmt_time(r.finished_at)]
+            for r in records]
+    click.echo(table(["ID", "NAME", "STATUS", "PROGRESS", "QUEUE", "ATTEMPTS", "CREATED", "FINISHED"],
+                     rows, right=frozenset({3, 5})))
+    if next_before is not None:
+        click.echo(f"more tasks: next page with --before {next_before}")
+
+
+def _error_lines(err: dict[str, Any]) -> str:
+    attempt = f" (attempt {err['attempt']})" if err.get("attempt") is not None else ""
+    return f"{err.get('type', '?')}: {err.get('message', '')}{attempt}"
+
+
+def render_record(r: TaskRecord) -> str:
+    worker = "-" if r.worker_id is None else r.worker_id
+    fields: list[tuple[str, str]] = [
+        ("id", r.id),
+        ("name", cell(r.name)),
+        ("status", r.status.value),
+        ("status message", cell(r.status_message)),
+        ("progress", f"{r.progress}%"),
+        ("queue", cell(r.queue)),
+        ("priority", str(r.priority)),
+        ("attempts", f"{r.attempts} of {r.max_attempts}"),
+        ("unique key", cell(r.unique_key)),
+        ("created", fmt_time(r.created_at)),
+        ("run at", fmt_time(r.run_at)),
+        ("started", fmt_time(r.started_at)),
+        ("finished", fmt_time(r.finished_at)),
+        ("worker", cell(worker)),
+        ("pid", cell(r.pid)),
+        ("heartbeat", fmt_time(r.heartbeat_at)),
+    ]
+    width = max(len(k) for k, _ in fields) + 2
+    out = [f"{k + ':':<{width}}{v}" for k, v in fields]
+    for label, value in (("args", r.args), ("kwargs", r.kwargs), ("result", r.result)):
+        text = pretty_value(value)
+        if "\n" in text:
+            out.append(f"{label}:")
+            out.append(indent(text))
+        else:
+            out.append(f"{label + ':':<{width}}{text}")
+    if r.error is None:
+        out.append(f"{'error:':<{width}}-")
+    else:
+        out.append(f"{'error:':<{width}}{_error_lines(r.error)}")
+        if r.error.get("traceback"):
+            out.append(indent(str(r.error["traceback"])))
+    if r.errors:
+        out.append(f"errors ({len(r.errors)}, oldest first):")
+        for e in r.errors:
+            at = f" at {e['at']}" if e.get("at") else ""
+            out.append(f"  {_error_lines(e)}{at}")
+    return "\n".join(out)
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@app_options
+@json_option
+def show(task_id: str, app_spec: str | None, url: str | None, as_json: bool) -> None:
+    """Everything stored about one task."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        rec = app.get_task_sync(task_id)
+    if rec is None:
+        not_found(task_id)
+    if as_json:
+        echo_json(rec)
+    else:
+        click.echo(render_record(rec))
+
+
+def render_logs(logs: Sequence[LogRecord]) -> str:
+    rows: list[list[str]] = []
+    for lr in logs:
+        lines = lr.message.splitlines() or [""]
+        rows.append([fmt_time(lr.at, millis=True), lr.level, str(lr.attempt), cell(lines[0])])
+        rows.extend(["", "", "", "  " + cell(more)] for more in lines[1:])
+    return table(["TIME", "LEVEL", "ATTEMPT", "MESSAGE"], rows, right=frozenset({2}))
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@app_options
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@json_option
+def logs(task_id: str, app_spec: str | None, url: str | None, limit: int, as_json: bool) -> None:
+    """The log records a task emitted, oldest first."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        if app.get_task_sync(task_id) is None:
+            not_found(task_id)
+        records = app.task_logs_sync(task_id, limit)
+    if as_json:
+        echo_json(records)
+    elif not records:
+        click.echo("no log records")
+    else:
+        click.echo(render_logs(records))
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@app_options
+@json_option
+def cancel(task_id: str, app_spec: str | None, url: str | None, as_json: bool) -> None:
+    """Cancel a task: a pending one never runs, a running one is stopped by its worker."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        done = app.cancel_sync(task_id)
+        rec = app.get_task_sync(task_id)
+    status = rec.status.value if rec is not None else None
+    if as_json:
+        echo_json({"id": task_id, "cancelled": done, "status": status})
+    elif done and status == TaskStatus.RUNNING:
+        click.echo(f"{task_id}: cancel requested: its worker stops it within about a second")
+    elif done:
+        click.echo(f"{task_id}: cancelled")
+    else:
+        click.echo(f"{task_id}: already finished ({status}): nothing to cancel")
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@app_options
+@json_option
+def retry(task_id: str, app_spec: str | None, url: str | None, as_json: bool) -> None:
+    """Run a failed or cancelled task again (its error history is kept)."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        done = app.retry_sync(task_id)
+        rec = app.get_task_sync(task_id)
+    status = rec.status.value if rec is not None else None
+    if as_json:
+        echo_json({"id": task_id, "retried": done, "status": status})
+    elif done:
+        click.echo(f"{task_id}: queued again")
+    else:
+        click.echo(f"{task_id}: {status}: only failed or cancelled tasks can be retried; nothing done")
+
+
+@cli.command()
+@app_options
+@click.option("--older-than", metavar="DURATION", required=True, callback=_duration_option,
+              help="Age since the task finished: 30s, 15m, 12h, 7d or plain seconds.")
+@json_option
+def purge(app_spec: str | None, url: str | None, older_than: timedelta, as_json: bool) -> None:
+    """Delete finished tasks (completed, failed, cancelled); pending and running ones stay."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        n = app.purge_sync(older_than)
+    if as_json:
+        echo_json({"purged": n, "older_than_seconds": older_than.total_seconds()})
+    else:
+        click.echo(f"purged {n} finished task{'' if n == 1 else 's'} older than "
+                   f"{fmt_age(older_than.total_seconds())}")
+
+
+def render_stats(stats: dict[str, Any]) -> str:
+    statuses = [s.value for s in TaskStatus]
+    rows = [[cell(q), *(str(counts.get(s, 0)) for s in statuses), str(sum(counts.values()))]
+            for q, counts in sorted(stats["by_queue"].items())]
+    totals = stats["totals"]
+    rows.append(["(all)", *(str(totals.get(s, 0)) for s in statuses), str(sum(totals.values()))])
+    out = [table(["QUEUE", *(s.upper() for s in statuses), "TOTAL"], rows,
+                 right=frozenset(range(1, len(statuses) + 2)))]
+    out.append("")
+    out.append(f"oldest pending:        {fmt_age(stats.get('oldest_pending_age'))}")
+    out.append(f"completed last minute: {stats.get('completed_last_minute', 0)}")
+    out.append(f"failed last minute:    {stats.get('failed_last_minute', 0)}")
+    out.append(f"workers alive:         {stats.get('workers_alive', 0)}")
+    return "\n".join(out)
+
+
+@cli.command()
+@app_options
+@json_option
+def stats(app_spec: str | None, url: str | None, as_json: bool) -> None:
+    """Counts by queue and status, oldest pending age, throughput, live workers."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        data = app.stats_sync()
+    if as_json:
+        echo_json(data)
+    else:
+        click.echo(render_stats(data))
+
+
+def render_workers(infos: Sequence[WorkerInfo]) -> str:
+    now = datetime.now(UTC)
+    rows = [[cell(w.id), cell(w.hostname), str(w.pid),
+             "(all)" if w.queues is None else cell(",".join(w.queues)),
+             str(w.running), str(w.concurrency), fmt_time(w.started_at),
+             f"{fmt_age((now - w.last_heartbeat).total_seconds())} ago"]
+            for w in infos]
+    return table(["ID", "HOST", "PID", "QUEUES", "RUNNING", "CONCURRENCY", "STARTED", "HEARTBEAT"],
+                 rows, right=frozenset({2, 4, 5}))
+
+
+@cli.command("workers")
+@app_options
+@json_option
+def workers_command(app_spec: str | None, url: str | None, as_json: bool) -> None:
+    """Live workers (heartbeat within the last minute)."""
+    _quiet_logging()
+    with opened(app_spec, url) as app:
+        infos = app.workers_sync()
+    if as_json:
+        echo_json(infos)
+    elif not infos:
+        click.echo("no live workers")
+    else:
+        click.echo(render_workers(infos))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@cli.command()
+@app_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True,
+              help="Require this bearer token.")
+@click.option("--read-only", is_flag=True, help="No cancel/retry buttons.")
+@click.option("--log-level", default="info", show_default=True)
+def dashboard(app_spec: str | None, url: str | None, host: str, port: int, token: str | None,
+              read_only: bool, log_level: str) -> None:
+    """Serve the web dashboard (needs the [dashboard] extra)."""
+    app = resolve_app(app_spec, url)
+    try:
+        factory = getattr(app, "dashboard", None)
+        if not callable(factory):
+            raise CommandError(DASHBOARD_MISSING, EXIT_FAILURE)
+        try:
+            uvicorn = importlib.import_module("uvicorn")
+            asgi = factory(token=token or None, read_only=read_only)
+        except ImportError as exc:
+            raise CommandError(f"{DASHBOARD_MISSING} ({exc})", EXIT_FAILURE) from None
+        if not token and not read_only and not _is_loopback(host):
+            click.echo(f"litetask: warning: the dashboard on {host} has no token: anyone who can reach "
+                       f"it can cancel and retry tasks (use --token or ${TOKEN_ENV})", err=True)
+        uvicorn.run(asgi, host=host, port=port, log_level=log_level.lower())
+    finally:
+        app.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``litetask`` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Entry point of the ``litetask`` console script; returns the exit code."""
     try:
-        if args.command == "migrate":
-            app = LiteTask(args.url) if args.url else load_app(args.app)
-            version = asyncio.run(app.migrate())
-            print(f"litetask schema is at version {version}")
-            return 0
-        app = load_app(args.app)
-        asyncio.run(app.run_worker(
-            concurrency=args.concurrency, processes=args.processes,
-            queues=[q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None,
-            heartbeat_interval=args.heartbeat_interval, heartbeat_timeout=args.heartbeat_timeout,
-            grace_period=args.grace_period, max_rescues=args.max_rescues,
-        ))
-    except (LiteTaskError, ValueError) as exc:
-        print(f"litetask: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        rv = cli.main(args=list(argv) if argv is not None else None, prog_name="litetask",
+                      standalone_mode=False)
+    except click.ClickException as exc:  # usage errors (2) and CommandError
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("litetask: aborted", err=True)
+        return 130
+    except TaskNotFound as exc:
+        click.echo(f"litetask: error: {exc}", err=True)
+        return EXIT_FAILURE
+    except (LiteTaskError, ValueError) as exc:  # app, URL, database unreachable, bad value
+        click.echo(f"litetask: error: {exc}", err=True)
+        return EXIT_USAGE
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

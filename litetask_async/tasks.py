@@ -133,7 +133,7 @@ class Task(Generic[P, R]):
 
     def _submit_sync(self, calls: Iterable[Call], options: CallOptions | None) -> list[str]:
         news = [self.prepare(a, k, options) for a, k in calls]
-        return self._app._call_sync(self._app._enqueue, news)
+        return self._app._enqueue_sync(news)
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue from async code; returns the task's id once it is stored.

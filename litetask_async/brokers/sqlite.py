@@ -95,6 +95,8 @@ class SQLiteWriter:
         self.ready = concurrent.futures.Future[None]()  # resolved once the schema is in place
         self.stopped = concurrent.futures.Future[None]()  # resolved once the connection is closed
         self.commits = 0  # how many transactions were committed (for benchmarks and tests)
+        self._closing = threading.Lock()
+        self._closed = False
         self._thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
@@ -105,13 +107,14 @@ class SQLiteWriter:
 
     def submit_ops(self, ops: list[_Op]) -> None:
         """Queue several writes that will share one transaction."""
-        if not self._thread.is_alive():
-            err = BrokerUnavailable(f"the SQLite writer for {self.path} has stopped")
-            for _fn, _args, fut in ops:
-                if not fut.done():
-                    fut.set_exception(err)
-            return
-        self._queue.put(ops)
+        with self._closing:
+            if not self._closed and self._thread.is_alive():
+                self._queue.put(ops)
+                return
+        err = BrokerUnavailable(f"the SQLite writer for {self.path} has stopped")
+        for _fn, _args, fut in ops:
+            if not fut.done():
+                fut.set_exception(err)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self.submit(fn, *args))
@@ -153,6 +156,19 @@ class SQLiteWriter:
                     break
                 batch.extend(nxt)
             self._run_batch(conn, batch)
+        # Writes queued after the stop request (a racing submit) are still carried out.
+        with self._closing:
+            self._closed = True
+        late: list[_Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                late.extend(item)
+        if late:
+            self._run_batch(conn, late)
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
@@ -260,6 +276,16 @@ def busy_timeout_ms(url: str) -> int:
     if seconds <= 0:
         raise ConfigurationError(f"busy_timeout must be positive in {url!r}")
     return int(seconds * 1000)
+
+
+def enqueue_blocking(path: str, busy_ms: int, tasks: Sequence[NewTask]) -> list[str]:
+    """Insert from any thread without an event loop: through the process's writer thread."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise ConfigurationError(f"cannot open SQLite database {path!r}: directory {str(parent)!r} does not exist")
+    writer = _acquire(path, busy_ms, count=False).writer
+    writer.ready.result()
+    return writer.submit(_op_insert, tasks, time.time()).result()
 
 
 def path_from_url(url: str) -> str:
