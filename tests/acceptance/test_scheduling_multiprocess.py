@@ -118,3 +118,26 @@ def test_priorities_with_one_worker_at_concurrency_one(url: str, tmp_path: Path)
     finally:
         assert stop_worker(w) == 0
     assert fx.read_text().split() == ["high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+@pytest.mark.parametrize("kind", ["async", "pool"])
+def test_cancel_from_another_process_stops_a_running_task_quickly(url: str, tmp_path: Path, kind: str) -> None:
+    migrate(url)
+    fx = tmp_path / "effects.txt"
+    task_id = run_ok(url, f"import sys\nfrom tests.xproc_app import slow_effect_{kind} as t\n"
+                          "print(t.delay(sys.argv[1], 1, 60.0))", str(fx)).strip()
+    w = start_worker(url, tmp_path / "w.log")
+    try:
+        status = "import sys\nfrom tests.xproc_app import app\nprint(app.get_task_sync(sys.argv[1]).status)"
+        wait_until(lambda: run_ok(url, status, task_id).strip() == "running", 60, "the task to run")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        out = run_ok(url, "import sys, time\nfrom tests.xproc_app import app\n"
+                          "assert app.cancel_sync(sys.argv[1])\n"
+                          "rec = app.wait_sync(sys.argv[1], timeout=10)\nprint(rec.status)", task_id)
+        elapsed = time.monotonic() - t0
+    finally:
+        assert stop_worker(w) == 0
+    assert out.strip() == "cancelled"
+    assert elapsed < 2.0 + 1.5, elapsed  # within a second or two, plus interpreter start-up
+    assert not fx.exists()  # the work really stopped
