@@ -440,6 +440,26 @@ class LiteTask:
             if thread is not None:
                 thread.join(10)
 
+    def dashboard(self, *, token: str | None = None,
+                  read_only: bool = False) -> Callable[[Any, Any, Any], Awaitable[None]]:
+        """The web dashboard as an ASGI app (``starlette.types.ASGIApp``): overview, task list,
+        task detail with live progress, workers and ``/metrics``. Serve it with uvicorn or mount
+        it (``fastapi_app.mount("/tasks", app.dashboard())``). Cancel and retry need ``token``
+        (default: the ``LITETASK_DASHBOARD_TOKEN`` environment variable); without one they are
+        disabled, and ``read_only=True`` hides and refuses them. Needs the ``dashboard`` extra."""
+        from .dashboard import create_dashboard
+
+        if token is None:
+            token = os.environ.get("LITETASK_DASHBOARD_TOKEN") or None
+        return create_dashboard(self, token=token, read_only=read_only)
+
+    def metrics_asgi(self) -> Callable[[Any, Any, Any], Awaitable[None]]:
+        """Prometheus metrics read from the database at each scrape, as a standalone ASGI app
+        (``starlette.types.ASGIApp``) answering GET on any path. Needs the ``dashboard`` extra."""
+        from .dashboard import create_metrics_app
+
+        return create_metrics_app(self)
+
 
 def _check_id(task_id: object) -> str:
     if not isinstance(task_id, str):

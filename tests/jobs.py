@@ -186,6 +186,8 @@ def register(app: LiteTask) -> dict[str, Any]:
     tasks["chain_pool"] = app.task(chain_pool)
     tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)
     tasks["timeout_async"] = app.task(sleep_async, name="timeout_async", timeout=0.2)
+    tasks["progress_steps"] = app.task(progress_steps)
+    tasks["fail_once"] = app.task(fail_once)
     return tasks
 
 
@@ -238,3 +240,20 @@ async def logs_async(n: int, progress: TaskProgress) -> int:
     progress.set(50, "half way")
     await asyncio.sleep(0.5)
     return n
+
+
+async def progress_steps(steps: int, pause: float, progress: TaskProgress) -> int:
+    """Moves its progress in ``steps`` equal steps with a status line each (the dashboard's live bar)."""
+    for i in range(1, steps + 1):
+        await asyncio.sleep(pause)
+        progress.set(100 * i / steps, f"step {i} of {steps}")
+    return steps
+
+
+async def fail_once(marker: str) -> str:
+    """Fails while the file ``marker`` does not exist (and creates it): a retry then completes."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise RuntimeError(f"first run: created {marker}")
+    return "second time lucky"

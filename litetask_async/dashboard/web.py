@@ -8,6 +8,7 @@ as the form field ``token``, the header ``X-LiteTask-Token`` or ``Authorization:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import time
@@ -27,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import __version__
 from ..exceptions import BrokerUnavailable, TaskNotFound
 from ..records import FINAL_STATUSES, TaskRecord, TaskStatus
 from . import ASGIApp
@@ -149,7 +151,7 @@ def throughput_chart(rows: list[tuple[float, int, int]], now: float, minutes: in
     current = int(now // 60) * 60
     per_minute: dict[int, tuple[int, int]] = {}
     for start, completed, failed in rows:
-        key = int(round(start / 60)) * 60
+        key = round(start / 60) * 60
         c, f = per_minute.get(key, (0, 0))
         per_minute[key] = (c + int(completed or 0), f + int(failed or 0))
     minutes_list = [current - 60 * i for i in range(minutes - 1, -1, -1)]
@@ -179,8 +181,6 @@ class Dashboard:
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(seconds=fmt_seconds, time=fmt_time, iso=fmt_iso, ago=fmt_ago,
                                 pretty=fmt_json, preview=call_preview, run_time=run_time)
-        from .. import __version__
-
         self.version = __version__
         self.kind = app.url.split("://", 1)[0].split("+", 1)[0]
         self.router: Starlette | None = None
@@ -221,7 +221,8 @@ class Dashboard:
         """The path of a route of this dashboard, under the prefix it is mounted at (root_path)."""
         assert self.router is not None
         path = str(self.router.url_path_for(name, **params))
-        url = request.scope.get("root_path", "").rstrip("/") + path
+        root_path: str = request.scope.get("root_path", "")
+        url = root_path.rstrip("/") + path
         if query:
             clean = {k: v for k, v in query.items() if v not in (None, "")}
             if clean:
@@ -342,8 +343,7 @@ class Dashboard:
             supplied = auth[7:].strip()
         if supplied is None:
             supplied = (await _read_form(request)).get("token")
-        if not supplied or not hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"),
-                                                   self.token.encode("utf-8", "surrogateescape")):
+        if not supplied or not hmac.compare_digest(_digest(supplied), _digest(self.token)):
             return self.message(request, 403, "Forbidden", "Missing or wrong token.")
         return None
 
@@ -374,7 +374,15 @@ def live_state(rec: TaskRecord) -> dict[str, Any]:
     return {"id": rec.id, "status": rec.status.value, "progress": rec.progress,
             "status_message": rec.status_message, "attempts": rec.attempts,
             "max_attempts": rec.max_attempts, "final": rec.is_final,
-            "started_at": fmt_iso(rec.started_at) or None, "finished_at": fmt_iso(rec.finished_at) or None}
+            "started_at": fmt_iso(rec.started_at) or None, "finished_at": fmt_iso(rec.finished_at) or None,
+            # ready-made text for the page
+            "started_text": fmt_time(rec.started_at) + (" UTC" if rec.started_at else ""),
+            "run_time_text": fmt_seconds(run_time(rec))}
+
+
+def _digest(secret: str) -> bytes:
+    """Compared in constant time as fixed-size digests, so not even the length leaks."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def _wants_json(request: Request) -> bool:
