@@ -2,7 +2,7 @@
 
     python benchmarks/bench_scale.py [--url postgresql://...] [--finished 1000000]
                                      [--future 200000] [--n 5000] [--concurrency 10]
-                                     [--rounds 3] [--claims 200] [--claim-batch 10]
+                                     [--rounds 5] [--claims 200] [--claim-batch 10]
                                      [--states empty,finished,future,big] [--json out.json]
 
 Without ``--url`` (or ``LITETASK_TEST_POSTGRES_URL``) a throwaway PostgreSQL is started from
@@ -44,6 +44,8 @@ Phases (identical for every state):
 
 Benchmarks do not assert: the target (big >= 80 % of empty) is printed as met/MISSED, and the
 plans are printed with whether a Seq Scan appears and how many rows their filters threw away.
+``_scale_claim_alternatives.py`` times the CLAIM statement against index/query alternatives on
+the same big table (see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -364,6 +366,7 @@ def render_plans(states: list[State]) -> str:
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     t_all = time.perf_counter()
+    load_at_start = os.getloadavg()
     server = None
     if args.url:
         base_url = args.url
@@ -439,7 +442,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "versions": {"litetask_async": md.version("litetask_async"), "asyncpg": asyncpg.__version__,
                      "python": platform.python_version()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": os.getloadavg()},
+                    "loadavg_at_start": load_at_start, "loadavg_at_end": os.getloadavg()},
         "git": _git(),
         "fill_seconds": t_filled - t_all,
         "total_seconds": time.perf_counter() - t_all,
@@ -454,7 +457,7 @@ def main() -> None:
     p.add_argument("--future", type=int, default=200_000, help="future-dated pending filler tasks")
     p.add_argument("--n", type=int, default=5000, help="due tasks processed per round")
     p.add_argument("--concurrency", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3, help="processing rounds per state (median reported)")
+    p.add_argument("--rounds", type=int, default=5, help="processing rounds per state (median reported)")
     p.add_argument("--claims", type=int, default=200, help="timed CLAIM statements per state")
     p.add_argument("--claim-batch", type=int, default=10, help="tasks asked for per CLAIM")
     p.add_argument("--states", default="empty,finished,future,big",
@@ -495,7 +498,10 @@ def main() -> None:
         summ = plan_summary(s.plans["CLAIM"])
         print(f"CLAIM on {s.name}: Seq Scan {'YES' if summ['seq_scan'] else 'no'}; "
               + "; ".join(summ["scans"]) + f"; rows removed by filter {summ['rows_removed_by_filter']:,}")
-    print(f"\nfill {out['fill_seconds']:.0f}s, total {out['total_seconds']:.0f}s")
+    m = out["machine"]
+    print(f"\nfill {out['fill_seconds']:.0f}s, total {out['total_seconds']:.0f}s; load average (1/5/15 min) "
+          f"at start {'/'.join(f'{x:.1f}' for x in m['loadavg_at_start'])}, "
+          f"at end {'/'.join(f'{x:.1f}' for x in m['loadavg_at_end'])} on {m['cpus']} CPUs")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=str)

@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import enum
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -376,6 +375,9 @@ def render_record(r: TaskRecord) -> str:
     width = max(len(k) for k, _ in fields) + 2
     out = [f"{k + ':':<{width}}{v}" for k, v in fields]
     for label, value in (("args", r.args), ("kwargs", r.kwargs), ("result", r.result)):
+        if label == "result" and value is None and r.status is not TaskStatus.COMPLETED:
+            out.append(f"{'result:':<{width}}-")
+            continue
         text = pretty_value(value)
         if "\n" in text:
             out.append(f"{label}:")
@@ -556,22 +558,13 @@ def workers_command(app_spec: str | None, url: str | None, as_json: bool) -> Non
         click.echo(render_workers(infos))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @cli.command()
 @app_options
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True,
-              help="Require this bearer token.")
-@click.option("--read-only", is_flag=True, help="No cancel/retry buttons.")
+              help="Token that allows cancel and retry (without one they are off).")
+@click.option("--read-only", is_flag=True, help="Hide and refuse cancel and retry.")
 @click.option("--log-level", default="info", show_default=True)
 def dashboard(app_spec: str | None, url: str | None, host: str, port: int, token: str | None,
               read_only: bool, log_level: str) -> None:
@@ -585,10 +578,11 @@ def dashboard(app_spec: str | None, url: str | None, host: str, port: int, token
             uvicorn = importlib.import_module("uvicorn")
             asgi = factory(token=token or None, read_only=read_only)
         except ImportError as exc:
-            raise CommandError(f"{DASHBOARD_MISSING} ({exc})", EXIT_FAILURE) from None
-        if not token and not read_only and not _is_loopback(host):
-            click.echo(f"litetask: warning: the dashboard on {host} has no token: anyone who can reach "
-                       f"it can cancel and retry tasks (use --token or ${TOKEN_ENV})", err=True)
+            missing = f"missing module {exc.name!r}" if exc.name else str(exc)
+            raise CommandError(f"{DASHBOARD_MISSING} ({missing})", EXIT_FAILURE) from None
+        actions = ("off (--read-only)" if read_only else "cancel and retry with the token" if token
+                   else f"off (no --token or ${TOKEN_ENV})")
+        click.echo(f"litetask dashboard on http://{host}:{port}/ (actions: {actions})", err=True)
         uvicorn.run(asgi, host=host, port=port, log_level=log_level.lower())
     finally:
         app.close()
@@ -602,6 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:  # usage errors (2) and CommandError
         exc.show()
         return exc.exit_code
+    except BrokenPipeError:  # ``litetask list | head``: the reader has gone, nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
     except click.exceptions.Abort:
         click.echo("litetask: aborted", err=True)
         return 130

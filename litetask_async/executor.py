@@ -48,16 +48,18 @@ class ChildError(Exception):
     """An exception raised by a task inside a pool process, carried back as text."""
 
     def __init__(self, type_name: str, message: str, tb: str, original: BaseException | None,
-                 pid: int) -> None:
+                 pid: int, sent: int = 0) -> None:
         super().__init__(message)
         self.type_name = type_name
         self.message = message
         self.traceback = tb
         self.original = original
         self.pid = pid
+        self.sent = sent
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChildError, (self.type_name, self.message, self.traceback, self.original, self.pid))
+        return (ChildError, (self.type_name, self.message, self.traceback, self.original, self.pid,
+                             self.sent))
 
 
 # --- the child side ---------------------------------------------------------------------------
@@ -88,7 +90,9 @@ def _exit_with_parent(sentinel: int) -> None:
 
 
 def _child_progress(task_id: str, pct: int, message: str | None) -> None:
+    global _child_sent
     _child_queue.put(("progress", task_id, (pct, message)))
+    _child_sent += 1
 
 
 class _ChildLogHandler(logging.Handler):
@@ -98,13 +102,18 @@ class _ChildLogHandler(logging.Handler):
         task_id = _child_task_id
         if task_id is None or _child_queue is None:
             return
+        global _child_sent
         try:
             _child_queue.put(("log", task_id, (record.created, record.levelname, self.format(record))))
+            _child_sent += 1
         except Exception:
             self.handleError(record)
 
 
 _child_task_id: str | None = None
+# Progress and log messages sent for the current task: the result says how many, so the worker
+# can wait for the ones still on their way (they travel apart from the result).
+_child_sent = 0
 
 
 def resolve_task(module_name: str, attr: str) -> Any:
@@ -117,10 +126,11 @@ def resolve_task(module_name: str, attr: str) -> Any:
 
 
 def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: str,
-               kwargs_json: str) -> tuple[int, str]:
-    global _child_task_id
+               kwargs_json: str) -> tuple[int, str, int]:
+    global _child_task_id, _child_sent
     _child_queue.put(("start", task_id, os.getpid()))
     _child_task_id = task_id
+    _child_sent = 0
     from .tasks import Task, encode_result
 
     try:
@@ -133,7 +143,7 @@ def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: 
         args, kwargs = task.decode_arguments(args_json, kwargs_json)
         result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
         # The pid travels with the result: the "start" message may arrive after it.
-        return os.getpid(), encode_result(task.name, result)
+        return os.getpid(), encode_result(task.name, result), _child_sent
     except BaseException as exc:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
@@ -142,7 +152,7 @@ def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: 
             original: BaseException | None = exc
         except Exception:
             original = None
-        raise ChildError(type(exc).__name__, str(exc), tb, original, os.getpid()) from None
+        raise ChildError(type(exc).__name__, str(exc), tb, original, os.getpid(), _child_sent) from None
     finally:
         _child_task_id = None
 
@@ -170,6 +180,8 @@ class _Job:
     killed: bool = False
     generation: int = 0  # the pool generation it was last submitted to
     resubmits: int = 0
+    received: int = 0  # progress and log messages received from its process
+    message_seen: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ProcessRunner:
@@ -231,11 +243,14 @@ class ProcessRunner:
     def _handle(self, gen: _Generation, msg: tuple[Any, ...]) -> None:
         kind, task_id, value = msg
         job = self._jobs.get(task_id)
-        if kind == "progress":
-            self._on_progress(task_id, *value)
-            return
-        if kind == "log":
-            self._on_log(task_id, *value)
+        if kind in ("progress", "log"):
+            if job is not None and job.generation == gen.number:
+                job.received += 1
+                job.message_seen.set()
+            if kind == "progress":
+                self._on_progress(task_id, *value)
+            else:
+                self._on_log(task_id, *value)
             return
         if job is None or job.generation != gen.number:
             return  # a late message from a pool that broke: the job was resubmitted since
@@ -269,7 +284,7 @@ class ProcessRunner:
                 gen = self._generation()
                 job.generation = gen.number
                 try:
-                    fut: Future[tuple[int, str]] = gen.pool.submit(
+                    fut: Future[tuple[int, str, int]] = gen.pool.submit(
                         _child_run, task_id, name, module_name, attr, args_json, kwargs_json)
                 except BrokenProcessPool:
                     # The executor noticed a dead process before we did: nothing of ours ran.
@@ -279,21 +294,22 @@ class ProcessRunner:
                 afut.add_done_callback(_consume)
                 try:
                     if timeout is None:
-                        return self._result(job, await asyncio.shield(afut))
+                        return await self._result(job, await asyncio.shield(afut))
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(job.started.wait())
                     try:
                         await asyncio.wait([afut, waiter], return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         waiter.cancel()
                     if afut.done():
-                        return self._result(job, afut.result())
+                        return await self._result(job, afut.result())
                     try:
-                        return self._result(job, await asyncio.wait_for(asyncio.shield(afut), timeout))
+                        return await self._result(job, await asyncio.wait_for(asyncio.shield(afut), timeout))
                     except TimeoutError:
                         self._kill(job)
                         raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed") from None
                 except ChildError as exc:
                     self._note_pid(job, exc.pid)
+                    await self._settle(job, exc.sent)
                     raise
                 except BrokenProcessPool:
                     gen.broken = True
@@ -318,6 +334,7 @@ class ProcessRunner:
                     self.rebuilds += gen.number == self._numbers
                     job.pid = job.process = None
                     job.started.clear()
+                    job.received = 0
                     continue
                 except asyncio.CancelledError:
                     if not fut.cancel():
@@ -334,10 +351,23 @@ class ProcessRunner:
             job.pid = pid
             self._on_pid(job.task_id, pid)
 
-    def _result(self, job: _Job, value: tuple[int, str]) -> str:
-        pid, result_json = value
+    async def _result(self, job: _Job, value: tuple[int, str, int]) -> str:
+        pid, result_json, sent = value
         self._note_pid(job, pid)
+        await self._settle(job, sent)
         return result_json
+
+    @staticmethod
+    async def _settle(job: _Job, sent: int, limit: float = 2.0) -> None:
+        """Wait (briefly) for the task's progress and log messages still in the pipe."""
+        deadline = asyncio.get_running_loop().time() + limit
+        while job.received < sent:
+            job.message_seen.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.message_seen.wait(), left)
 
     def shutdown(self) -> None:
         """Stop the pool; running tasks' processes are killed."""

@@ -176,7 +176,7 @@ class MemoryBroker(Broker):
         with st.lock:
             due = [r for r in st.rows.values() if r.status is TaskStatus.PENDING and r.run_at <= now
                    and (queues is None or r.queue in queues)]
-            due.sort(key=lambda r: (r.max_concurrency is not None, -r.priority, r.seq))
+            due.sort(key=lambda r: (r.max_concurrency is not None, -r.priority, r.run_at, r.seq))
             running: dict[str, int] = {}
             for r in st.rows.values():
                 if r.status is TaskStatus.RUNNING:

@@ -135,6 +135,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX litetask_tasks_name_seq ON litetask_tasks (name, seq)",
         "CREATE INDEX litetask_tasks_queue_seq ON litetask_tasks (queue, seq)",
     ),
+    5: (
+        # Claim order is priority, then due time, then enqueue order, and the index says so:
+        # the "is it due yet" test happens in the index, so future-dated tasks ahead in the
+        # order are skipped there instead of read from the table (benchmarks/bench_scale.py:
+        # 200k future tasks made each claim read all of them, 25-35 ms; now 0.4 ms).
+        "DROP INDEX litetask_tasks_pending",
+        "CREATE INDEX litetask_tasks_pending ON litetask_tasks (priority DESC, run_at, seq) WHERE status = 'pending'",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -181,7 +189,7 @@ WITH picked AS (
     SELECT id FROM litetask_tasks
     WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
       AND ($4::text[] IS NULL OR queue = ANY($4::text[]))
-    ORDER BY priority DESC, seq
+    ORDER BY priority DESC, run_at, seq
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
@@ -208,13 +216,13 @@ WITH running AS (
     SELECT name, count(*) AS n FROM litetask_tasks
     WHERE status = 'running' AND max_concurrency IS NOT NULL GROUP BY name
 ), ranked AS (
-    SELECT t.id, t.priority, t.seq, t.max_concurrency, coalesce(r.n, 0) AS n,
-           row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.seq) AS k
+    SELECT t.id, t.priority, t.run_at, t.seq, t.max_concurrency, coalesce(r.n, 0) AS n,
+           row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.run_at, t.seq) AS k
     FROM litetask_tasks t LEFT JOIN running r ON r.name = t.name
     WHERE t.status = 'pending' AND t.run_at <= now() AND t.max_concurrency IS NOT NULL
       AND ($4::text[] IS NULL OR t.queue = ANY($4::text[]))
 ), picked AS (
-    SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, seq LIMIT $3
+    SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, seq LIMIT $3
 )
 UPDATE litetask_tasks t
 SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
