@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
 from litetask_async import LiteTask
 
 app = LiteTask(os.environ.get("LITETASK_URL", "sqlite:///xproc.db"))
+
+log = logging.getLogger(__name__)
 
 
 def _effect(path: str, n: int) -> None:
@@ -80,6 +83,31 @@ async def record_order(path: str, label: str) -> None:
         os.write(fd, f"{label}\n".encode())
     finally:
         os.close(fd)
+
+
+@app.task
+def log_pool(n: int) -> int:
+    """Logs from a pool process (``litetask logs ID`` shows these)."""
+    log.info("pool task says %d", n)
+    log.warning("pool task warns %d", n)
+    return n
+
+
+@app.task
+async def log_async(n: int) -> int:
+    """Logs from the worker's event loop."""
+    log.info("async task says %d", n)
+    return n
+
+
+@app.task
+async def fail_once(marker: str) -> str:
+    """Fails while ``marker`` does not exist (and creates it): a retry then completes."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise RuntimeError(f"first run: created {marker}")
+    return "second time lucky"
 
 
 if os.environ.get("LITETASK_TEST_PERIODIC"):
