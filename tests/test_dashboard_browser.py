@@ -1,7 +1,7 @@
 """The dashboard end to end in headless Chromium.
 
-Debian's ``chromium`` (``apt-get install -y chromium``; ``.ci/run`` installs it when missing)
-driven by Playwright for Python, never ``playwright install``. The dashboard runs under uvicorn
+Debian's ``chromium`` (installed with apt-get by the test itself, as root, when missing; ``.ci/run``
+also installs it first), driven by Playwright for Python, never ``playwright install``. The dashboard runs under uvicorn
 in a thread (its own event loop) on a free localhost port, against an SQLite file that a real
 worker (another thread, another loop) and a producer (the sync facade) share.
 
@@ -12,9 +12,11 @@ Screenshots of every page go to the test's ``tmp_path`` and to ``test-output/`` 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -138,6 +140,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert not server_thread.is_alive(), "uvicorn did not stop"
 
 
+def _install_chromium() -> str | None:
+    """Like the embedded PostgreSQL, the browser is something the test suite sets up itself: on
+    a Debian machine where we are root, install Debian's chromium (never `playwright install`)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
+            return None
+    return shutil.which("chromium")
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser | str]:
     """The browser, or why there is none (each test then fails with that message)."""
@@ -146,10 +160,10 @@ def browser() -> Iterator[Browser | str]:
     except ImportError as exc:
         yield f"Playwright for Python is not installed ({exc}): pip install -e '.[test]'"
         return
-    executable = shutil.which("chromium")
+    executable = shutil.which("chromium") or _install_chromium()
     if executable is None:
-        yield ("Debian's chromium is not installed (`command -v chromium` finds nothing): run "
-               "`apt-get update && apt-get install -y chromium` (.ci/run does this when it is missing)")
+        yield ("Debian's chromium is not installed (`command -v chromium` finds nothing) and could "
+               "not be installed here: run `apt-get update && apt-get install -y chromium`")
         return
     with sync_playwright() as pw:
         try:
