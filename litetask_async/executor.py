@@ -305,6 +305,10 @@ class ProcessRunner:
                     try:
                         return await self._result(job, await asyncio.wait_for(asyncio.shield(afut), timeout))
                     except TimeoutError:
+                        if afut.done() and not afut.cancelled():
+                            # finished right at the deadline: its process may already run
+                            # another task, which must not be killed
+                            return await self._result(job, afut.result())
                         self._kill(job)
                         raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed") from None
                 except ChildError as exc:
