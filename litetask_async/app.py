@@ -346,9 +346,14 @@ class LiteTask:
         return await (await self.broker()).workers(WORKER_ALIVE_WITHIN)
 
     async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
-        """``logging`` records emitted inside the task (async or process pool), oldest first."""
+        """``logging`` records emitted inside the task (async or process pool), oldest first.
+        Raises :class:`TaskNotFound` for an unknown id."""
         _check_id(task_id)
-        return await (await self.broker()).task_logs(task_id, limit)
+        broker = await self.broker()
+        logs = await broker.task_logs(task_id, limit)
+        if not logs and await broker.get(task_id) is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return logs
 
     def list_tasks_sync(self, status: TaskStatus | str | None = None, name: str | None = None,
                         queue: str | None = None, limit: int = 50,

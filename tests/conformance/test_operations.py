@@ -94,6 +94,8 @@ async def test_logs_from_async_and_pool_tasks_and_status_line(app: LiteTask) -> 
     assert lp[-1].level == "WARNING" and all(x.attempt == 1 for x in la + lp)
     assert all(x.at.tzinfo is not None for x in la)
     assert ra.status is TaskStatus.COMPLETED
+    with pytest.raises(TaskNotFound):
+        await app.task_logs("no-such-task")
 
 
 async def test_counts_durations_and_throughput_for_metrics(app: LiteTask) -> None:
