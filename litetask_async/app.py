@@ -42,11 +42,9 @@ def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
         name = url.split("://", 1)[1] or "default"
         return lambda: MemoryBroker(name)
     if scheme in ("sqlite", "sqlite+aiosqlite"):
-        from .brokers.sqlite import SQLiteBroker, busy_timeout_ms, path_from_url
+        from .brokers.sqlite import SQLiteBroker
 
-        path_from_url(url)  # raises on a malformed URL now, not at first use
-        busy_timeout_ms(url)
-        return lambda: SQLiteBroker(url)
+        return lambda: SQLiteBroker(url)  # the URL is checked by LiteTask, which parses it once
     if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
         from .brokers.postgres import PostgresBroker, sqlalchemy_url
 
@@ -78,6 +76,7 @@ class LiteTask:
                  result_ttl: timedelta | float | None = None) -> None:
         self.url = url
         self._make_broker = broker_factory(url, auto_migrate)
+        # (path, busy timeout) of an SQLite URL, parsed here so a malformed one fails at once
         self._sqlite: tuple[str, int] | None = None
         if url.split("://", 1)[0].lower() in ("sqlite", "sqlite+aiosqlite"):
             from .brokers.sqlite import busy_timeout_ms, path_from_url
@@ -227,7 +226,7 @@ class LiteTask:
         await broker.close()
         from .brokers.sqlite_sql import LATEST_VERSION
 
-        return LATEST_VERSION if self.url.startswith("sqlite") else 1
+        return LATEST_VERSION if self._sqlite is not None else 1
 
     # --- async API ---
 
