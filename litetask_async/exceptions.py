@@ -16,6 +16,8 @@ Errors recorded on a task (not raised to callers) use these names as ``error["ty
 
 from __future__ import annotations
 
+import traceback
+
 
 class LiteTaskError(Exception):
     """Root of every error raised by litetask_async."""
@@ -57,9 +59,28 @@ class Retry(LiteTaskError):
     """
 
     def __init__(self, reason: str = "the task asked to be retried", delay: float | None = None) -> None:
+        if delay is not None and not 0 <= delay < float("inf"):  # also refuses NaN
+            raise ValueError(f"Retry delay must be a finite number of seconds >= 0 (or None), got {delay!r}")
         super().__init__(reason)
         self.reason = reason
         self.delay = delay
 
     def __reduce__(self) -> tuple[object, ...]:
         return (Retry, (self.reason, self.delay))
+
+
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception's own ``__str__`` fails."""
+    try:
+        return str(exc)
+    except BaseException as inner:  # any failure of user code here gets the placeholder
+        return f"<exception str() failed: {type(inner).__name__}>"
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback text of ``exc``, even when its ``__str__`` or ``__repr__`` fails."""
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # traceback of a pathological exception: keep the frames
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        return f"Traceback (most recent call last):\n{frames}{type(exc).__name__}: {safe_str(exc)}\n"

@@ -1,43 +1,55 @@
-"""Running plain ``def`` tasks in a process pool that can kill one task.
+"""Running plain ``def`` tasks in worker-owned processes that can be killed one at a time.
 
-A ``ProcessPoolExecutor`` cannot stop a task once it started (arq #395). So when a pool task
-times out or is cancelled, its process is killed. That breaks the pool: every other future in it
-fails with ``BrokenProcessPool``. We then build a new pool and submit the innocent tasks again
-(their processes were only terminated by the executor's clean-up); a task whose own process died
-(killed from outside, segfault, ``os._exit``) gets a :class:`ProcessDied` error for that attempt.
+A ``ProcessPoolExecutor`` cannot stop one task (arq #395), shares one result channel (and its
+lock) between all children, and breaks as a whole when one child dies. So the worker runs its own
+small pool instead: each process (a *slot*) runs one task at a time and has two pipes of its
+own. The worker writes a job into the slot's job pipe; the child writes ``start``, ``progress``,
+``log`` and then the outcome into its message pipe. Children share nothing, and the worker never
+takes a lock a child could hold: a child that dies in the middle of a write leaves a torn frame in
+its own pipe, which is dropped with it. The worker reads every pipe without blocking, from its
+event loop.
 
-Children report "started (pid)" and progress through a multiprocessing queue, one queue per pool
-generation: a process killed while writing may leave a queue's lock held, so a broken pool's queue
-is dropped with it.
+Who died is decided from facts, never from a wait: a child writes ``start`` (a blocking write,
+complete before the task's body runs), and the worker learns of a child's exit from a pidfd. By
+then everything the child wrote is in its pipe; the worker reads the pipe to its end and judges: a
+task whose ``start`` arrived ran, and fails with its process's exit code; a task whose ``start``
+did not arrive never ran and goes to another process. The other processes are not touched.
+
+Messages cross only between the worker and the processes it spawned, so they are pickled; nothing
+read from the database is ever unpickled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import errno
 import importlib
 import logging
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.context
 import os
 import pickle
 import signal
+import struct
 import sys
 import threading
-import traceback
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+from .exceptions import format_exception, safe_str
 from .progress import TaskProgress
 
 log = logging.getLogger("litetask_async.executor")
 
-# How often a task is resubmitted after the pool broke under it before it counts as the culprit.
-MAX_RESUBMITS = 5
+# A job handed to processes that died before starting it this often fails instead of looping.
+MAX_HANDOVERS = 5
+
+_HEADER = struct.Struct("!I")
+_READ_CHUNK = 1 << 16
 
 
 class ProcessDied(Exception):
@@ -48,28 +60,64 @@ class ChildError(Exception):
     """An exception raised by a task inside a pool process, carried back as text."""
 
     def __init__(self, type_name: str, message: str, tb: str, original: BaseException | None,
-                 pid: int, sent: int = 0) -> None:
+                 pid: int) -> None:
         super().__init__(message)
         self.type_name = type_name
         self.message = message
         self.traceback = tb
         self.original = original
         self.pid = pid
-        self.sent = sent
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ChildError, (self.type_name, self.message, self.traceback, self.original, self.pid,
-                             self.sent))
 
 
 # --- the child side ---------------------------------------------------------------------------
 
-_child_queue: Any = None
+#: True inside a pool process (the in-memory broker refuses to open there).
+IN_POOL_PROCESS = False
+
+_out_fd = -1
+_out_lock = threading.Lock()  # this child's own threads only; the worker never takes it
+_child_task_id: str | None = None
 
 
-def _child_init(q: Any) -> None:
-    global _child_queue
-    _child_queue = q
+def _send(msg: tuple[Any, ...]) -> None:
+    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    with _out_lock:
+        while view:
+            view = view[os.write(_out_fd, view):]
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    parts = []
+    while n:
+        chunk = os.read(fd, min(n, _READ_CHUNK))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _child_progress(task_id: str, pct: int, message: str | None) -> None:
+    _send(("progress", task_id, (pct, message)))
+
+
+class _ChildLogHandler(logging.Handler):
+    """Sends log records emitted while a task runs in this pool process to the worker."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        task_id = _child_task_id
+        if task_id is None or _out_fd < 0:
+            return
+        try:
+            _send(("log", task_id, (record.created, record.levelname, self.format(record))))
+        except Exception:
+            self.handleError(record)
+
+
+def _child_setup() -> None:
+    global IN_POOL_PROCESS
+    IN_POOL_PROCESS = True
     # Ctrl-C in a terminal reaches the whole process group; the worker decides what to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     root = logging.getLogger()
@@ -89,33 +137,6 @@ def _exit_with_parent(sentinel: int) -> None:
     os._exit(1)
 
 
-def _child_progress(task_id: str, pct: int, message: str | None) -> None:
-    global _child_sent
-    _child_queue.put(("progress", task_id, (pct, message)))
-    _child_sent += 1
-
-
-class _ChildLogHandler(logging.Handler):
-    """Sends log records emitted while a task runs in this pool process to the worker."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        task_id = _child_task_id
-        if task_id is None or _child_queue is None:
-            return
-        global _child_sent
-        try:
-            _child_queue.put(("log", task_id, (record.created, record.levelname, self.format(record))))
-            _child_sent += 1
-        except Exception:
-            self.handleError(record)
-
-
-_child_task_id: str | None = None
-# Progress and log messages sent for the current task: the result says how many, so the worker
-# can wait for the ones still on their way (they travel apart from the result).
-_child_sent = 0
-
-
 def resolve_task(module_name: str, attr: str) -> Any:
     """Find a registered task (or plain function) by module and name, in this process."""
     module = sys.modules.get(module_name) or importlib.import_module(module_name)
@@ -125,15 +146,33 @@ def resolve_task(module_name: str, attr: str) -> Any:
     return obj
 
 
-def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: str,
-               kwargs_json: str) -> tuple[int, str, int]:
-    global _child_task_id, _child_sent
-    _child_queue.put(("start", task_id, os.getpid()))
-    _child_task_id = task_id
-    _child_sent = 0
-    from .tasks import Task, encode_result
+def _child_main(jobs: multiprocessing.connection.Connection,
+                messages: multiprocessing.connection.Connection) -> None:
+    """A pool process: run the jobs the worker writes, one at a time, until the pipe closes."""
+    global _out_fd
+    _out_fd = messages.fileno()
+    _child_setup()
+    fd = jobs.fileno()
+    while True:
+        header = _read_exactly(fd, _HEADER.size)
+        if header is None:
+            return  # the worker closed our pipe: stop
+        frame = _read_exactly(fd, _HEADER.unpack(header)[0])
+        if frame is None:
+            return
+        _run_job(*pickle.loads(frame))  # written by our parent, the worker
 
+
+def _run_job(task_id: str, name: str, module_name: str, attr: str, args_json: str,
+             kwargs_json: str) -> None:
+    global _child_task_id
+    # Before the body runs, and complete when os.write returns: if this process dies from here
+    # on, the worker knows the task ran.
+    _send(("start", task_id, os.getpid()))
+    _child_task_id = task_id
     try:
+        from .tasks import Task, encode_result
+
         task = resolve_task(module_name, attr)
         if not isinstance(task, Task):
             if not callable(task):
@@ -142,50 +181,59 @@ def _child_run(task_id: str, name: str, module_name: str, attr: str, args_json: 
             task = Task(None, task, name=name)
         args, kwargs = task.decode_arguments(args_json, kwargs_json)
         result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
-        # The pid travels with the result: the "start" message may arrive after it.
-        return os.getpid(), encode_result(task.name, result), _child_sent
-    except BaseException as exc:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        try:
-            # Kept only if it survives the trip back; many exceptions cannot be rebuilt.
-            pickle.loads(pickle.dumps(exc))
-            original: BaseException | None = exc
-        except Exception:
-            original = None
-        raise ChildError(type(exc).__name__, str(exc), tb, original, os.getpid(), _child_sent) from None
+        msg: tuple[Any, ...] = ("result", task_id, encode_result(task.name, result))
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they end this attempt only
+        msg = ("error", task_id, _describe(exc))
     finally:
         _child_task_id = None
+    _send(msg)
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str, bytes | None]:
+    original: bytes | None
+    try:
+        # Kept only if it survives the trip back; many exceptions cannot be rebuilt.
+        original = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(original)
+    except BaseException:  # user exceptions may fail to pickle in any way
+        original = None
+    return type(exc).__name__, safe_str(exc), format_exception(exc), original
 
 
 # --- the parent side --------------------------------------------------------------------------
 
 
-@dataclass
-class _Generation:
-    pool: ProcessPoolExecutor
-    queue: Any
-    number: int
-    procs: dict[int, Any] = field(default_factory=dict)  # pid -> Process, kept past a break
-    reader: threading.Thread | None = None
-    broken: bool = False
-
-
-@dataclass
+@dataclass(eq=False)
 class _Job:
     task_id: str
-    pid: int | None = None
-    process: Any = None
+    frame: bytes
+    future: asyncio.Future[str]
     started: asyncio.Event = field(default_factory=asyncio.Event)
-    kill_when_started: bool = False
-    killed: bool = False
-    generation: int = 0  # the pool generation it was last submitted to
-    resubmits: int = 0
-    received: int = 0  # progress and log messages received from its process
-    message_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    pid: int | None = None
+    slot: _Slot | None = None
+    kill_reason: str | None = None  # "timeout" or "cancel" once the worker killed its process
+    handovers: int = 0  # times handed to a process that died before starting it
+
+
+@dataclass(eq=False)
+class _Slot:
+    process: Any
+    pid: int
+    jobs_fd: int
+    messages_fd: int
+    exit_fd: int  # a pidfd (or the process sentinel): readable once the process has exited
+    jobs_conn: Any  # the Connections owning the two fds above (they close them)
+    messages_conn: Any
+    buf: bytearray = field(default_factory=bytearray)
+    out: bytearray = field(default_factory=bytearray)
+    job: _Job | None = None
+    dead: bool = False
+    killed: bool = False  # SIGKILL sent: no new job for it
+    jobs_done: int = 0
 
 
 class ProcessRunner:
-    """Runs sync tasks in a pool of ``processes`` processes; kill one task without losing others."""
+    """Runs sync tasks in ``processes`` processes; kills one task without touching the others."""
 
     def __init__(
         self,
@@ -201,75 +249,15 @@ class ProcessRunner:
         # spawn, not fork (the worker has threads) nor forkserver (its children are not ours, so
         # their exit codes, which tell a crashed task from an innocent one, cannot be read).
         self._ctx = multiprocessing.get_context("spawn")
-        self._gen: _Generation | None = None
-        self._numbers = 0
-        self._jobs: dict[str, _Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.rebuilds = 0
+        self._slots: list[_Slot] = []
+        self._waiting: collections.deque[_Job] = collections.deque()
+        self._closed = False
+        self._early_deaths = 0  # processes that died before finishing any job, in a row
+        self._respawn: asyncio.TimerHandle | None = None
+        self.deaths = 0
 
-    def _generation(self) -> _Generation:
-        if self._gen is None or self._gen.broken:
-            if self._gen is not None:
-                self._retire(self._gen)
-            self._loop = asyncio.get_running_loop()
-            # SimpleQueue: put() writes to the pipe before returning (no feeder thread), so a
-            # task's start message is out before its body runs, even if the process dies at once.
-            q = self._ctx.SimpleQueue()
-            self._numbers += 1
-            pool = ProcessPoolExecutor(self.processes, mp_context=self._ctx,
-                                       initializer=_child_init, initargs=(q,))
-            gen = _Generation(pool, q, self._numbers)
-            gen.reader = threading.Thread(target=self._read, args=(gen,), daemon=True,
-                                          name=f"litetask-pool-reader-{gen.number}")
-            gen.reader.start()
-            self._gen = gen
-        return self._gen
-
-    def _read(self, gen: _Generation) -> None:
-        loop = self._loop
-        assert loop is not None
-        while True:
-            try:
-                msg = gen.queue.get()
-            except (EOFError, OSError, ValueError, TypeError):
-                return
-            if msg is None:
-                return
-            try:
-                loop.call_soon_threadsafe(self._handle, gen, msg)
-            except RuntimeError:
-                return
-
-    def _handle(self, gen: _Generation, msg: tuple[Any, ...]) -> None:
-        kind, task_id, value = msg
-        job = self._jobs.get(task_id)
-        if kind in ("progress", "log"):
-            if job is not None and job.generation == gen.number:
-                job.received += 1
-                job.message_seen.set()
-            if kind == "progress":
-                self._on_progress(task_id, *value)
-            else:
-                self._on_log(task_id, *value)
-            return
-        if job is None or job.generation != gen.number:
-            return  # a late message from a pool that broke: the job was resubmitted since
-        job.pid = value
-        gen.procs.update(gen.pool._processes or {})
-        job.process = gen.procs.get(value)
-        job.started.set()
-        self._on_pid(task_id, value)
-        if job.kill_when_started:
-            self._kill(job)
-            self._jobs.pop(task_id, None)
-
-    def _kill(self, job: _Job) -> None:
-        if job.pid is None:
-            job.kill_when_started = True
-            return
-        job.killed = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(job.pid, signal.SIGKILL)
+    # --- public ---
 
     async def run(self, task_id: str, name: str, module_name: str, attr: str, args_json: str,
                   kwargs_json: str, timeout: float | None) -> str:
@@ -278,129 +266,278 @@ class ProcessRunner:
         ``timeout`` counts from the moment a process starts the task (not while it waits for a
         free process); on expiry the process is killed and ``TimeoutError`` is raised.
         """
-        job = self._jobs[task_id] = _Job(task_id)
+        if self._closed:
+            raise RuntimeError("the process pool is shut down")
+        loop = self._loop = asyncio.get_running_loop()
+        frame = pickle.dumps((task_id, name, module_name, attr, args_json, kwargs_json),
+                             protocol=pickle.HIGHEST_PROTOCOL)
+        job = _Job(task_id, _HEADER.pack(len(frame)) + frame, loop.create_future())
+        self._fill()
+        self._waiting.append(job)
+        self._dispatch()
         try:
-            while True:
-                gen = self._generation()
-                job.generation = gen.number
-                try:
-                    fut: Future[tuple[int, str, int]] = gen.pool.submit(
-                        _child_run, task_id, name, module_name, attr, args_json, kwargs_json)
-                except BrokenProcessPool:
-                    # The executor noticed a dead process before we did: nothing of ours ran.
-                    gen.broken = True
-                    continue
-                afut = asyncio.wrap_future(fut)
-                afut.add_done_callback(_consume)
-                try:
-                    if timeout is None:
-                        return await self._result(job, await asyncio.shield(afut))
-                    waiter: asyncio.Future[Any] = asyncio.ensure_future(job.started.wait())
-                    try:
-                        await asyncio.wait([afut, waiter], return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
-                    if afut.done():
-                        return await self._result(job, afut.result())
-                    try:
-                        return await self._result(job, await asyncio.wait_for(asyncio.shield(afut), timeout))
-                    except TimeoutError:
-                        if afut.done() and not afut.cancelled():
-                            # finished right at the deadline: its process may already run
-                            # another task, which must not be killed
-                            return await self._result(job, afut.result())
-                        self._kill(job)
-                        raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed") from None
-                except ChildError as exc:
-                    self._note_pid(job, exc.pid)
-                    await self._settle(job, exc.sent)
-                    raise
-                except BrokenProcessPool:
-                    gen.broken = True
-                    gen.procs.update(gen.pool._processes or {})
-                    if job.pid is None:
-                        # its start message may still be on its way from the reader thread
-                        await asyncio.sleep(0.2)
-                    if job.killed:
-                        raise ProcessDied("the task's process was killed") from None
-                    proc = job.process or (gen.procs.get(job.pid) if job.pid is not None else None)
-                    exitcode = proc.exitcode if proc is not None else None
-                    if exitcode is not None and exitcode != -signal.SIGTERM:
-                        raise ProcessDied(_describe_exit(exitcode)) from None
-                    # Innocent: queued, or terminated only because another process broke the pool.
-                    # Unless it keeps happening: a process that dies within milliseconds of
-                    # starting may not have reported its start, and must not loop forever.
-                    job.resubmits += 1
-                    if job.resubmits > MAX_RESUBMITS:
-                        raise ProcessDied(
-                            f"the process pool broke {job.resubmits} times while this task was in "
-                            "flight; its process most likely died right after starting it") from None
-                    self.rebuilds += gen.number == self._numbers
-                    job.pid = job.process = None
-                    job.started.clear()
-                    job.received = 0
-                    continue
-                except asyncio.CancelledError:
-                    if not fut.cancel():
-                        self._kill(job)
-                    raise
-        finally:
-            if not job.kill_when_started:
-                self._jobs.pop(task_id, None)
-            # else: handed to a process but not started yet; its start message finds the job
-            # here and kills that process (the entry goes with it).
+            if timeout is None:
+                return await asyncio.shield(job.future)
+            started: asyncio.Future[Any] = asyncio.ensure_future(job.started.wait())
+            try:
+                await asyncio.wait([job.future, started], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                started.cancel()
+            if not job.future.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            if not job.future.done() and job.slot is not None:
+                self._read(job.slot)  # an outcome already in the pipe still counts
+            if job.future.done():
+                return job.future.result()
+            self._kill(job, "timeout")
+            raise TimeoutError(f"task ran longer than its timeout of {timeout:g}s; its process was killed")
+        except asyncio.CancelledError:
+            if not job.future.done():
+                self._kill(job, "cancel")
+            raise
 
-    def _note_pid(self, job: _Job, pid: int) -> None:
-        if job.pid != pid:
-            job.pid = pid
-            self._on_pid(job.task_id, pid)
+    async def aclose(self, grace: float = 2.0) -> None:
+        """Stop every process: idle ones exit when their job pipe closes, busy ones are killed."""
+        self._closed = True
+        if self._respawn is not None:
+            self._respawn.cancel()
+        for job in self._waiting:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the process pool was shut down"))
+                job.future.exception()
+        self._waiting.clear()
+        for slot in self._slots:
+            if slot.job is not None:
+                self._kill(slot.job, "cancel")
+            if slot.out:
+                assert self._loop is not None
+                self._loop.remove_writer(slot.jobs_fd)
+            slot.jobs_conn.close()  # EOF: an idle child returns from its loop
+        deadline = time.monotonic() + grace
+        while any(not s.dead for s in self._slots) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for slot in list(self._slots):
+            if not slot.dead:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while any(not s.dead for s in self._slots) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
-    async def _result(self, job: _Job, value: tuple[int, str, int]) -> str:
-        pid, result_json, sent = value
-        self._note_pid(job, pid)
-        await self._settle(job, sent)
-        return result_json
+    # --- processes ---
 
-    @staticmethod
-    async def _settle(job: _Job, sent: int, limit: float = 2.0) -> None:
-        """Wait (briefly) for the task's progress and log messages still in the pipe."""
-        deadline = asyncio.get_running_loop().time() + limit
-        while job.received < sent:
-            job.message_seen.clear()
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.message_seen.wait(), left)
-
-    def shutdown(self) -> None:
-        """Stop the pool; running tasks' processes are killed."""
-        gen, self._gen = self._gen, None
-        if gen is None:
+    def _fill(self) -> None:
+        """Start processes until there are ``processes`` of them."""
+        if self._closed or self._respawn is not None:
             return
-        for job in list(self._jobs.values()):
-            self._kill(job)
-        gen.pool.shutdown(wait=True, cancel_futures=True)
-        self._retire(gen)
+        while len(self._slots) < self.processes:
+            self._slots.append(self._spawn())
 
-    @staticmethod
-    def _retire(gen: _Generation) -> None:
-        gen.pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            gen.queue.put(None)
-        if gen.reader is not None:
-            gen.reader.join(timeout=1.0)
-            if not gen.reader.is_alive():
-                gen.queue.close()
+    def _spawn(self) -> _Slot:
+        loop = self._loop
+        assert loop is not None
+        jobs_r, jobs_w = self._ctx.Pipe(duplex=False)
+        msgs_r, msgs_w = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(target=_child_main, args=(jobs_r, msgs_w), daemon=True,
+                                 name="litetask-pool")
+        try:
+            proc.start()
+        finally:
+            jobs_r.close()  # the child has its own copies: our closed ends make EOFs reach us
+            msgs_w.close()
+        assert proc.pid is not None
+        try:
+            exit_fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            exit_fd = os.dup(proc.sentinel)
+        slot = _Slot(proc, proc.pid, jobs_w.fileno(), msgs_r.fileno(), exit_fd, jobs_w, msgs_r)
+        os.set_blocking(slot.jobs_fd, False)
+        os.set_blocking(slot.messages_fd, False)
+        loop.add_reader(slot.messages_fd, self._read, slot)
+        loop.add_reader(slot.exit_fd, self._exited, slot)
+        return slot
+
+    def _exited(self, slot: _Slot) -> None:
+        """The slot's process has exited: read what it wrote, then judge its job."""
+        loop = self._loop
+        assert loop is not None
+        loop.remove_reader(slot.exit_fd)
+        self._read(slot)  # everything it wrote is in the pipe by now
+        loop.remove_reader(slot.messages_fd)
+        if slot.out and not slot.jobs_conn.closed:
+            loop.remove_writer(slot.jobs_fd)
+        exitcode = slot.process.exitcode  # a zombie already: no wait
+        slot.dead = True
+        slot.jobs_conn.close()
+        slot.messages_conn.close()
+        with contextlib.suppress(OSError):
+            os.close(slot.exit_fd)
+        self._slots.remove(slot)
+        self.deaths += 1
+        self._early_deaths = 0 if slot.jobs_done else self._early_deaths + 1
+        job, slot.job = slot.job, None
+        if job is not None and not job.future.done():
+            if job.kill_reason is not None:
+                job.future.cancel()  # its caller has already raised TimeoutError or been cancelled
+            elif job.started.is_set():
+                job.future.set_exception(ProcessDied(_describe_exit(exitcode)))
+            else:
+                # It never ran: hand it to another process, unless processes keep dying first.
+                job.handovers += 1
+                if job.handovers >= MAX_HANDOVERS:
+                    job.future.set_exception(ProcessDied(
+                        f"{job.handovers} pool processes died before starting this task; the last "
+                        f"{_describe_exit(exitcode).removeprefix('the task')}"))
+                else:
+                    job.slot = None
+                    self._waiting.appendleft(job)
+        if self._closed:
+            return
+        if job is None or job.kill_reason is None:
+            log.warning("pool process %d %s", slot.pid, _describe_exit(exitcode).removeprefix("the task's process "))
+        if self._early_deaths >= 3:
+            # Processes die before doing any work (a crash at import?): do not spin.
+            delay = min(0.1 * 2 ** (self._early_deaths - 3), 5.0)
+            self._respawn = loop.call_later(delay, self._respawn_now)
+            return
+        self._fill()
+        self._dispatch()
+
+    def _respawn_now(self) -> None:
+        self._respawn = None
+        self._fill()
+        self._dispatch()
+
+    def _kill(self, job: _Job, reason: str) -> None:
+        job.kill_reason = reason
+        if job in self._waiting:
+            self._waiting.remove(job)
+            job.future.cancel()
+            return
+        slot = job.slot
+        if slot is not None and not slot.dead and slot.job is job:
+            slot.killed = True
+            # Not reaped until the pidfd says it exited, so this pid cannot be reused meanwhile.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGKILL)
+
+    # --- jobs to children ---
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to idle processes."""
+        for slot in self._slots:
+            if not self._waiting:
+                return
+            if slot.job is None and not slot.dead and not slot.killed and not slot.jobs_conn.closed:
+                job = self._waiting.popleft()
+                slot.job, job.slot = job, slot
+                self._write(slot, job.frame)
+
+    def _write(self, slot: _Slot, data: bytes) -> None:
+        if slot.out:
+            slot.out += data
+            return
+        try:
+            n = os.write(slot.jobs_fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            return  # the child is gone: its exit hands the job on
+        if n < len(data):
+            slot.out += data[n:]
+            assert self._loop is not None
+            self._loop.add_writer(slot.jobs_fd, self._flush, slot)
+
+    def _flush(self, slot: _Slot) -> None:
+        try:
+            n = os.write(slot.jobs_fd, slot.out)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(slot.out)  # the child is gone
+        del slot.out[:n]
+        if not slot.out:
+            assert self._loop is not None
+            self._loop.remove_writer(slot.jobs_fd)
+
+    # --- messages from children ---
+
+    def _read(self, slot: _Slot) -> None:
+        """Read what the slot's process wrote, without blocking, and handle each whole message."""
+        if slot.dead:
+            return
+        buf = slot.buf
+        while True:
+            try:
+                chunk = os.read(slot.messages_fd, _READ_CHUNK)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                # EOF: the process is gone (its exit is reported by exit_fd) or closed its end.
+                assert self._loop is not None
+                self._loop.remove_reader(slot.messages_fd)
+                break
+            buf += chunk
+            if len(chunk) < _READ_CHUNK:
+                break
+        pos = 0
+        while len(buf) - pos >= _HEADER.size:
+            size = _HEADER.unpack_from(buf, pos)[0]
+            end = pos + _HEADER.size + size
+            if len(buf) < end:
+                break  # the rest is on its way, or torn by a process that died mid-write
+            msg = pickle.loads(buf[pos + _HEADER.size:end])  # written by a process we spawned
+            pos = end
+            self._handle(slot, msg)
+        del buf[:pos]
+
+    def _handle(self, slot: _Slot, msg: tuple[Any, ...]) -> None:
+        kind, task_id, value = msg
+        if kind == "progress":
+            self._on_progress(task_id, *value)
+            return
+        if kind == "log":
+            self._on_log(task_id, *value)
+            return
+        job = slot.job
+        if job is None or job.task_id != task_id:
+            return
+        if kind == "start":
+            job.pid = value
+            job.started.set()
+            self._on_pid(task_id, value)
+            return
+        slot.job = None
+        slot.jobs_done += 1
+        self._early_deaths = 0
+        if not job.future.done():
+            if kind == "result":
+                job.future.set_result(value)
+            else:
+                type_name, message, tb, original = value
+                job.future.set_exception(
+                    ChildError(type_name, message, tb, _unpickle_exception(original), slot.pid))
+        self._dispatch()
 
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as seen (a killed task's future fails after we moved on)."""
-    if not fut.cancelled():
-        fut.exception()
+def _unpickle_exception(data: bytes | None) -> BaseException | None:
+    if data is None:
+        return None
+    try:
+        exc = pickle.loads(data)  # pickled by a process we spawned, from its own exception
+    except Exception:
+        return None
+    return exc if isinstance(exc, BaseException) else None
 
 
-def _describe_exit(exitcode: int) -> str:
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "the task's process died (exit code unknown)"
     if exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .records import storable_text
+
 
 class TaskProgress:
     """Injected into a task that has a parameter annotated ``TaskProgress``.
@@ -32,7 +34,7 @@ class TaskProgress:
         except TypeError:
             raise TypeError(f"progress must be a number from 0 to 100, got {percentage!r}") from None
         if message is not None:
-            message = str(message)[:1000].replace("\x00", "")
+            message = storable_text(str(message)[:1000])
         if pct != self._value or message is not None:
             self._value = pct
             self._sink(self.task_id, pct, message)

@@ -38,6 +38,18 @@ def utc_from_timestamp(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
+def storable_text(text: str) -> str:
+    """Free text (an error, a log line, a status line) as every broker can store it and every
+    reader print it: NUL (refused by PostgreSQL) and lone surrogates (not UTF-8, as in
+    ``os.listdir()`` names) are kept as visible escapes instead of failing the write or a read."""
+    text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass(frozen=True)
 class TaskRecord:
     """Everything stored about one task.
@@ -157,3 +169,12 @@ class LogRecord:
     at: datetime
     level: str
     message: str
+
+
+#: Every due time (``run_at``) lies in ``[EARLIEST_RUN_AT, LATEST_RUN_AT)`` on every broker:
+#: records are read back into Python datetimes, which end with the year 9999 (a countdown, eta
+#: or retry delay beyond that would store a row nobody can read).
+EARLIEST_RUN_AT = datetime(1, 1, 1, tzinfo=UTC)
+LATEST_RUN_AT = datetime(9000, 1, 1, tzinfo=UTC)
+EARLIEST_RUN_AT_TS = EARLIEST_RUN_AT.timestamp()
+LATEST_RUN_AT_TS = LATEST_RUN_AT.timestamp()

@@ -22,15 +22,23 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .brokers.base import Broker, RunningUpdate, error_payload
-from .exceptions import BrokerUnavailable, Retry, SerializationError, WorkerError
+from .exceptions import BrokerUnavailable, Retry, SerializationError, WorkerError, safe_str
 from .executor import ChildError, ProcessDied, ProcessRunner
 from .progress import TaskProgress
-from .records import ClaimedTask, LogRecord, Outcome, OutcomeKind, WorkerInfo, utc_from_timestamp
+from .records import (
+    ClaimedTask,
+    LogRecord,
+    Outcome,
+    OutcomeKind,
+    WorkerInfo,
+    storable_text,
+    utc_from_timestamp,
+)
 from .tasks import CallOptions, Task, encode_result
 
 if TYPE_CHECKING:
@@ -107,6 +115,7 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._outcomes: list[Outcome] = []
         self._progress: dict[str, RunningUpdate] = {}
+        self._starts: dict[str, float] = {}  # task id -> monotonic time its pool process started it
         self._logs: list[LogRecord] = []
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -195,7 +204,7 @@ class Worker:
                     await broker.finish(self._outcomes)
                     self._outcomes.clear()
             if self._pool is not None:
-                await asyncio.to_thread(self._pool.shutdown)
+                await self._pool.aclose()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             root.removeHandler(handler)
@@ -279,7 +288,7 @@ class Worker:
         except asyncio.CancelledError:
             # Cancelled from outside (the loop is shutting down): put the task back, not lost.
             outcome = self._outcome(c, OutcomeKind.RELEASE)
-        except Exception as exc:  # a bug here must not lose the task
+        except BaseException as exc:  # a bug here must not lose the task, nor end the worker
             log.exception("internal error while running task %s", c.id)
             outcome = self._outcome(c, OutcomeKind.FAILED,
                                     error_json=error_payload(exc, "InternalError", attempt=c.attempts))
@@ -311,8 +320,11 @@ class Worker:
                 if task.timeout is None:
                     value = await coro
                 else:
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for runs the body in a task of
+                    # its own, whose SystemExit/KeyboardInterrupt the event loop re-raises.
                     try:
-                        value = await asyncio.wait_for(coro, task.timeout)
+                        async with asyncio.timeout(task.timeout):
+                            value = await coro
                     except TimeoutError:
                         if r.stop_reason is not None:
                             raise asyncio.CancelledError() from None
@@ -343,8 +355,10 @@ class Worker:
             if exc.type_name == "SerializationError":
                 return self._fail(c, None, "SerializationError", exc.message, retry=False, tb=exc.traceback)
             return self._fail(c, exc.original, exc.type_name, exc.message, task=task, tb=exc.traceback)
-        except Exception as exc:
-            return self._fail(c, exc, type(exc).__name__, str(exc), task=task)
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt, GeneratorExit raised by a task's body end that
+            # attempt, as in a pool process; the worker goes on (it stops on its own signals).
+            return self._fail(c, exc, type(exc).__name__, safe_str(exc), task=task)
         finally:
             _current_task.reset(token)
         return self._outcome(c, OutcomeKind.COMPLETED, result_json=result_json)
@@ -400,13 +414,15 @@ class Worker:
                 return
             level, message = "WARNING", f"more than {MAX_LOGS_PER_ATTEMPT} log records: the rest are dropped"
         self._logs.append(LogRecord(task_id, r.claimed.attempts, utc_from_timestamp(at),  # type: ignore[arg-type]
-                                    level, message[:10_000]))
+                                    level, storable_text(message[:10_000])))
         self._flush_wanted.set()
 
     def _on_pid(self, task_id: str, pid: int) -> None:
+        """A pool process started the task's body: its pid and the real start are recorded."""
         r = self._running.get(task_id)
         if r is not None:
             r.pid = pid
+            self._starts[task_id] = time.monotonic()
             prev = self._progress.get(task_id)
             self._progress[task_id] = RunningUpdate(task_id, prev.progress if prev else None, pid,
                                                     prev.message if prev else None)
@@ -499,7 +515,7 @@ class Worker:
                     await asyncio.wait_for(self._outcome_ready.wait(), 0.2)
             self._outcome_ready.clear()
             outcomes, self._outcomes = self._outcomes, []
-            updates = list(self._progress.values())
+            updates = [self._with_start(u) for u in self._progress.values()]
             self._progress.clear()
             try:
                 if updates:
@@ -537,6 +553,13 @@ class Worker:
                 continue
             if self._drained.is_set() and not self._outcomes and not self._logs:
                 return
+
+    def _with_start(self, u: RunningUpdate) -> RunningUpdate:
+        """The update, with the time since its pool process started it when that is news."""
+        started = self._starts.pop(u.task_id, None)
+        if started is None:
+            return u
+        return replace(u, started_ago=max(0.0, time.monotonic() - started))
 
     async def _finish_one_by_one(self, broker: Broker, outcomes: list[Outcome]) -> list[Outcome]:
         """Write each outcome alone; one the database refuses becomes a failure saying why.

@@ -166,11 +166,49 @@ async def arecord_effect(path: str, n: int) -> int:
     return n
 
 
+def effect_then_exit(path: str, n: int, code: int) -> None:
+    """Records that it ran, then ends its own process."""
+    record_effect(path, n)
+    os._exit(code)
+
+
+def effect_then_sleep(path: str, n: int, seconds: float) -> int:
+    record_effect(path, n)
+    time.sleep(seconds)
+    return n
+
+
+async def exit_async(code: int) -> None:
+    import sys
+
+    sys.exit(code)
+
+
+async def raise_base_async(kind: str) -> None:
+    raise {"KeyboardInterrupt": KeyboardInterrupt, "GeneratorExit": GeneratorExit}[kind]()
+
+
+class BadStrError(Exception):
+    """An exception whose ``__str__`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def bad_str_pool() -> None:
+    raise BadStrError("hidden")
+
+
+async def bad_str_async() -> None:
+    raise BadStrError("hidden")
+
+
 def register(app: LiteTask) -> dict[str, Any]:
     """Register every function above on ``app``; returns the tasks by function name."""
     fns = [add, aadd, add_models, aadd_pydantic, norm, getpid, agetpid, sleep_pool, sleep_async,
            progress_pool, progress_async, fail_pool, fail_async, unserialisable_result,
-           aunserialisable_result, crash_pool, record_effect, arecord_effect]
+           aunserialisable_result, crash_pool, record_effect, arecord_effect, exit_async,
+           raise_base_async, bad_str_pool, bad_str_async]
     tasks = {fn.__name__: app.task(fn) for fn in fns}
     tasks["flaky_async"] = app.task(flaky_async, retries=3, retry_backoff=0.01)
     tasks["retry_me_pool"] = app.task(retry_me_pool, retries=2, retry_backoff=30)
@@ -186,6 +224,9 @@ def register(app: LiteTask) -> dict[str, Any]:
     tasks["chain_pool"] = app.task(chain_pool)
     tasks["timeout_pool"] = app.task(sleep_pool, name="timeout_pool", timeout=0.5)
     tasks["timeout_async"] = app.task(sleep_async, name="timeout_async", timeout=0.2)
+    tasks["exit_async_timeout"] = app.task(exit_async, name="exit_async_timeout", timeout=5)
+    tasks["effect_then_exit"] = app.task(effect_then_exit)
+    tasks["effect_timeout_pool"] = app.task(effect_then_sleep, name="effect_timeout_pool", timeout=0.5)
     tasks["progress_steps"] = app.task(progress_steps)
     tasks["fail_once"] = app.task(fail_once)
     return tasks

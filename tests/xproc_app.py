@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from litetask_async import LiteTask
+from litetask_async import LiteTask, TaskProgress
 
 app = LiteTask(os.environ.get("LITETASK_URL", "sqlite:///xproc.db"))
 
@@ -108,6 +108,40 @@ async def fail_once(marker: str) -> str:
             pass
         raise RuntimeError(f"first run: created {marker}")
     return "second time lucky"
+
+
+@app.task
+def crash_after_effect(path: str, n: int, how: str) -> None:
+    """Records that it ran, then dies: ``exit`` (os._exit(3)) or ``segfault``."""
+    time.sleep(0.3)  # let the big progress messages flow meanwhile
+    _effect(path, n)
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    os._exit(3)
+
+
+@app.task
+def big_progress(path: str, n: int, seconds: float, progress: TaskProgress) -> int:
+    """Reports progress with a large status line as fast as it can for ``seconds``."""
+    _effect(path, n)
+    end = time.monotonic() + seconds
+    k = 0
+    while time.monotonic() < end:
+        k += 1
+        progress.set(k % 100, "m" * 200_000)
+    return n
+
+
+@app.task(timeout=1.0)
+def big_progress_timeout(path: str, n: int, progress: TaskProgress) -> int:
+    """Sends large progress messages until its timeout kills its process."""
+    _effect(path, n)
+    k = 0
+    while True:
+        k += 1
+        progress.set(k % 100, "m" * 200_000)
 
 
 if os.environ.get("LITETASK_TEST_PERIODIC"):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import abc
 import json
-import traceback
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..exceptions import format_exception, safe_str
 from ..records import (
+    LATEST_RUN_AT_TS,
     ClaimedTask,
     LogRecord,
     NewTask,
@@ -23,18 +25,24 @@ from ..records import (
     TaskRecord,
     TaskStatus,
     WorkerInfo,
+    storable_text,
     utc_from_timestamp,
 )
 
 
 @dataclass(frozen=True)
 class RunningUpdate:
-    """Progress and/or pid of a running task (None leaves the stored value as it is)."""
+    """Progress and/or pid of a running task (None leaves the stored value as it is).
+
+    ``started_ago``: the task's body started this many seconds ago (a pool task starts when a
+    process picks it up, after its claim); the broker stores it as ``started_at`` on its clock.
+    """
 
     task_id: str
     progress: int | None = None
     pid: int | None = None
     message: str | None = None
+    started_ago: float | None = None
 
 
 class Broker(abc.ABC):
@@ -184,14 +192,13 @@ def error_payload(exc: BaseException | None, type_name: str | None = None, messa
                   *, attempt: int | None = None, tb: str | None = None) -> str:
     """The JSON stored as a task's error: type, message, traceback, attempt number and time."""
     if tb is None and exc is not None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = format_exception(exc)
     if message is None:
-        message = str(exc) if exc is not None else ""
+        message = safe_str(exc) if exc is not None else ""
     payload: dict[str, Any] = {
         "type": type_name or (type(exc).__name__ if exc is not None else "Error"),
-        # NUL cannot be stored by PostgreSQL's jsonb: show it rather than lose the error
-        "message": message.replace("\x00", "\\x00"),
-        "traceback": tb.replace("\x00", "\\x00") if tb else tb,
+        "message": storable_text(message),
+        "traceback": storable_text(tb) if tb else tb,
         "attempt": attempt,
         "at": datetime.now(UTC).isoformat(),
     }
@@ -228,11 +235,29 @@ def record_from_row(row: dict[str, Any]) -> TaskRecord:
 
 
 def _loads_or_raw(text: Any) -> Any:
-    """Decode stored JSON; a payload that is not JSON is returned as the raw text."""
+    """Decode stored JSON; a payload that is not JSON, or nested too deeply for ``json`` to
+    decode here, is returned as the raw text (a record stays readable whatever it holds)."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return text
+
+
+def bounded_delay(delay: float | None, now: float) -> float:
+    """A retry delay as brokers store it: 0 for none or NaN, and never past ``LATEST_RUN_AT``
+    (a long backoff, ``retry_backoff * 2**(attempt-1)``, would otherwise store an unreadable time)."""
+    if delay is None or not delay > 0:
+        return 0.0
+    return min(delay, LATEST_RUN_AT_TS - now)
+
+
+# scheme://user:password@ -- the password is everything up to the "@", as SQLAlchemy reads it.
+_PASSWORD = re.compile(r"^([^:/?#@]+://[^:/?#@]*):[^@]*@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (as SQLAlchemy shows URLs)."""
+    return _PASSWORD.sub(r"\1:***@", url, count=1) if isinstance(url, str) else url
 
 
 def stats_dict(counts: Sequence[tuple[str, str, int]], oldest_pending_age: float | None,

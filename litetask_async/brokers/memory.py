@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..exceptions import TaskNotFound
+from ..exceptions import ConfigurationError, TaskNotFound
 from ..records import (
     FINAL_STATUSES,
     ClaimedTask,
@@ -29,7 +29,15 @@ from ..records import (
     WorkerInfo,
     utc_from_timestamp,
 )
-from .base import Broker, RunningUpdate, bucket_index, record_from_row, stats_dict, worker_lost_error
+from .base import (
+    Broker,
+    RunningUpdate,
+    bounded_delay,
+    bucket_index,
+    record_from_row,
+    stats_dict,
+    worker_lost_error,
+)
 
 
 @dataclass
@@ -108,7 +116,7 @@ def _apply_outcome(row: _Row, out: Outcome, now: float) -> None:
         row.worker_id = None
         row.heartbeat_at = None
         row.cancel_requested = False
-        row.run_at = now + (out.retry_delay or 0.0)
+        row.run_at = now + bounded_delay(out.retry_delay, now)
         if kind is OutcomeKind.RELEASE:
             row.max_attempts += 1
         return
@@ -126,6 +134,14 @@ class MemoryBroker(Broker):
     poll_interval = 1.0
 
     def __init__(self, name: str = "default") -> None:
+        from .. import executor
+
+        if executor.IN_POOL_PROCESS:
+            # Its tasks live in the worker's memory; a store made here would be lost silently.
+            raise ConfigurationError(
+                "the in-memory broker (memory://) cannot be used from a pool process (a plain "
+                "def task): its tasks live in the worker's process. Enqueue from an async task, "
+                "or use SQLite or PostgreSQL")
         self.name = name
         self._store = _store_for(name)
         self._event: asyncio.Event | None = None
@@ -254,6 +270,8 @@ class MemoryBroker(Broker):
                     row.pid = u.pid
                 if u.message is not None:
                     row.status_message = u.message
+                if u.started_ago is not None:
+                    row.started_at = time.time() - u.started_ago
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
         now = time.time()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
@@ -30,9 +31,11 @@ from . import postgres_sql as sql
 from .base import (
     Broker,
     RunningUpdate,
+    bounded_delay,
     bucket_case,
     log_from_row,
     record_from_row,
+    redact_url,
     stats_dict,
     worker_from_row,
     worker_lost_error,
@@ -49,9 +52,9 @@ def sqlalchemy_url(url: str) -> str:
     try:
         u = make_url(url)
     except Exception as exc:
-        raise ConfigurationError(f"not a valid PostgreSQL URL: {url!r} ({exc})") from None
+        raise ConfigurationError(f"not a valid PostgreSQL URL: {redact_url(url)!r} ({exc})") from None
     if u.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
-        raise ConfigurationError(f"not a PostgreSQL URL (driver {u.drivername!r}): {url!r}")
+        raise ConfigurationError(f"not a PostgreSQL URL (driver {u.drivername!r}): {redact_url(url)!r}")
     return u.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
@@ -378,10 +381,11 @@ class PostgresBroker(Broker):
         if not outcomes:
             return []
         cols: list[list[Any]] = [[] for _ in range(9)]
+        now = time.time()
         for o in outcomes:
             pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
             values = (o.task_id, "pending" if pending else o.kind.value, o.result_json, o.error_json,
-                      float(o.retry_delay or 0.0), 1 if o.kind is OutcomeKind.RELEASE else 0,
+                      bounded_delay(o.retry_delay, now), 1 if o.kind is OutcomeKind.RELEASE else 0,
                       o.pid, o.worker_id, o.attempt)
             for col, v in zip(cols, values, strict=True):
                 col.append(v)
@@ -398,7 +402,7 @@ class PostgresBroker(Broker):
         async with self._conn() as conn:
             await conn.execute(sql.UPDATE_RUNNING, [u.task_id for u in updates],
                                [u.progress for u in updates], [u.pid for u in updates], worker_id,
-                               [u.message for u in updates])
+                               [u.message for u in updates], [u.started_ago for u in updates])
 
     async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
         async with self._conn() as conn:

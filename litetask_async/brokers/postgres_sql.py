@@ -280,8 +280,9 @@ RETURNING t.id, t.status, t.max_concurrency IS NOT NULL
 UPDATE_RUNNING = """
 UPDATE litetask_tasks t
 SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid),
-    status_message = coalesce(u.message, t.status_message)
-FROM unnest($1::text[], $2::int[], $3::int[], $5::text[]) AS u(id, progress, pid, message)
+    status_message = coalesce(u.message, t.status_message),
+    started_at = coalesce(now() - make_interval(secs => u.started_ago), t.started_at)
+FROM unnest($1::text[], $2::int[], $3::int[], $5::text[], $6::float8[]) AS u(id, progress, pid, message, started_ago)
 WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = $4
 """
 

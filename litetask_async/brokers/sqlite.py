@@ -37,6 +37,7 @@ from . import sqlite_sql as sql
 from .base import (
     Broker,
     RunningUpdate,
+    bounded_delay,
     bucket_case,
     log_from_row,
     record_from_row,
@@ -50,6 +51,8 @@ log = logging.getLogger("litetask_async.sqlite")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+#: The longest ``?busy_timeout=`` (seconds) a URL may ask for: a day.
+MAX_BUSY_TIMEOUT = 86_400
 MAX_BATCH = 2_000
 
 
@@ -273,9 +276,10 @@ def busy_timeout_ms(url: str) -> int:
         seconds = float(query["busy_timeout"][-1])
     except ValueError:
         raise ConfigurationError(f"busy_timeout must be a number of seconds in {url!r}") from None
-    if seconds <= 0:
-        raise ConfigurationError(f"busy_timeout must be positive in {url!r}")
-    return int(seconds * 1000)
+    if not 0 < seconds <= MAX_BUSY_TIMEOUT:  # also refuses NaN
+        raise ConfigurationError(f"busy_timeout must be positive and at most {MAX_BUSY_TIMEOUT} "
+                                 f"seconds (a day) in {url!r}")
+    return max(1, round(seconds * 1000))
 
 
 def enqueue_blocking(path: str, busy_ms: int, tasks: Sequence[NewTask]) -> list[str]:
@@ -289,20 +293,27 @@ def enqueue_blocking(path: str, busy_ms: int, tasks: Sequence[NewTask]) -> list[
 
 
 def path_from_url(url: str) -> str:
-    """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite+aiosqlite:///...`` to a file path."""
+    """``sqlite:///rel.db``, ``sqlite:////abs.db``, ``sqlite+aiosqlite:///...`` to a file path.
+
+    ``sqlite://name.db`` (no third slash, a bare file name with an extension) is the relative
+    path ``name.db`` too; any other host part is refused with the spelling that was meant.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("sqlite", "sqlite+aiosqlite"):
         raise ConfigurationError(f"not an SQLite URL: {url!r}")
     rest = rest.split("?", 1)[0]
     if rest in ("", "/"):
         return str(Path("litetask.db").resolve())
-    if not rest.startswith("/"):
-        raise ConfigurationError(
-            f"SQLite URL {url!r} has a host part; use sqlite:///relative.db or sqlite:////absolute.db")
-    path = rest[1:]
+    bare = not rest.startswith("/")  # sqlite://name.db
+    path = rest if bare else rest[1:]
     if path in (":memory:", "") or path.startswith("file::memory:"):
         raise ConfigurationError(
             "an in-memory SQLite database cannot be shared by workers; use 'memory://' instead")
+    if bare and (any(c in rest for c in "/\\:@") or not Path(rest).suffix):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} has a host part, but SQLite has no hosts: write "
+            f"'{scheme}:///{rest}' for the relative path {rest!r} or '{scheme}:////{rest}' for the "
+            f"absolute path '/{rest}' (a bare file name also works: '{scheme}://tasks.db' is ./tasks.db)")
     return str(Path(path).expanduser().resolve())
 
 
@@ -416,7 +427,7 @@ def _finish_params(o: Outcome, now: float) -> tuple[Any, ...]:
     status = "pending" if pending else o.kind.value
     return (
         status, o.result_json, o.error_json, now,
-        now + (o.retry_delay or 0.0) if pending else None,
+        now + bounded_delay(o.retry_delay, now) if pending else None,
         1 if o.kind is OutcomeKind.RELEASE else 0,
         100 if o.kind is OutcomeKind.COMPLETED else None,
         o.pid, o.task_id, o.worker_id, o.attempt,
@@ -433,8 +444,10 @@ def _op_finish(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[st
 
 
 def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate], worker_id: str) -> None:
-    conn.executemany(sql.UPDATE_PROGRESS, [(u.progress, u.pid, u.message, u.task_id, worker_id)
-                                           for u in updates])
+    now = time.time()
+    conn.executemany(sql.UPDATE_PROGRESS, [
+        (u.progress, u.pid, u.message, None if u.started_ago is None else now - u.started_ago,
+         u.task_id, worker_id) for u in updates])
 
 
 def _op_heartbeat(conn: sqlite3.Connection, worker_id: str, task_ids: Sequence[str]) -> None:

@@ -209,7 +209,8 @@ WHERE id = ?9 AND status = 'running' AND worker_id = ?10 AND attempts = ?11
 
 UPDATE_PROGRESS = """
 UPDATE litetask_tasks
-SET progress = coalesce(?, progress), pid = coalesce(?, pid), status_message = coalesce(?, status_message)
+SET progress = coalesce(?, progress), pid = coalesce(?, pid), status_message = coalesce(?, status_message),
+    started_at = coalesce(?, started_at)
 WHERE id = ? AND status = 'running' AND worker_id = ?
 """
 
