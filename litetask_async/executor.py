@@ -118,8 +118,10 @@ class _ChildLogHandler(logging.Handler):
 def _child_setup() -> None:
     global IN_POOL_PROCESS
     IN_POOL_PROCESS = True
-    # Ctrl-C in a terminal reaches the whole process group; the worker decides what to stop.
+    # Ctrl-C in a terminal, or systemd's SIGTERM to the whole control group, reaches every
+    # process of the group; the worker decides what to stop (after its grace period it kills).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     root = logging.getLogger()
     root.addHandler(_ChildLogHandler())
     if root.level == logging.NOTSET or root.level > logging.INFO:

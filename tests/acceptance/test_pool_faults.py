@@ -178,3 +178,35 @@ print(" ".join(ids))
     assert all(r is not None and r.status is TaskStatus.COMPLETED for r in recs[2:])
     assert code == 0 and stopped_in < 5 + 5, (code, stopped_in, log[-3000:])
     assert back is not None and back.status is TaskStatus.PENDING  # put back for another worker
+
+
+def test_sigterm_to_the_whole_process_group_lets_pool_tasks_finish(tmp_path: Path) -> None:
+    """systemd's default KillMode sends SIGTERM to every process of the group: pool processes
+    ignore it, so a running pool task finishes within the grace period instead of dying."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    fx = tmp_path / "effects.txt"
+    env = {**os.environ, "LITETASK_URL": url, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "litetask_async.cli", "worker", "tests.xproc_app:app",
+            "--concurrency", "2", "--processes", "1", "--grace-period", "20"]
+    with (tmp_path / "w.log").open("ab") as out:
+        worker = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    app = LiteTask(url)
+    try:
+        task_id = subprocess.run([sys.executable, "-c", "from tests.xproc_app import slow_effect_pool; "
+                                  f"print(slow_effect_pool.delay({str(fx)!r}, 1, 2.0))"],
+                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                                 check=True).stdout.strip()
+        wait_until(lambda: (r := app.get_task_sync(task_id)) is not None and r.pid is not None
+                   and r.pid != worker.pid, 60, "the task running in a pool process")
+        os.killpg(worker.pid, signal.SIGTERM)
+        code = worker.wait(30)
+        rec = app.get_task_sync(task_id)
+    finally:
+        app.close()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert code == 0, (tmp_path / "w.log").read_text()[-3000:]
+    assert rec is not None and rec.status is TaskStatus.COMPLETED, rec
+    assert effects(fx) == {1: 1}
