@@ -30,6 +30,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .app import LiteTask
+from .db_errors import connection_refusal, redact_url, rejected_value
 from .exceptions import LiteTaskError, TaskNotFound
 from .records import LogRecord, TaskRecord, TaskStatus, WorkerInfo
 
@@ -48,14 +49,19 @@ class AppImportError(LiteTaskError):
 
 
 class CommandError(click.ClickException):
-    """An expected failure: one line on stderr, then exit with ``exit_code``."""
+    """An expected failure: one line on stderr, then exit 2 (usage, app, URL or database)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    # A class attribute: click >= 8.5 declares ``exit_code`` a ClassVar, so no instance may set it.
+    exit_code = EXIT_USAGE
 
     def show(self, file: Any = None) -> None:
         click.echo(f"litetask: error: {self.format_message()}", err=True)
+
+
+class CommandFailure(CommandError):
+    """An expected failure that exits 1 (the dashboard is not installed)."""
+
+    exit_code = EXIT_FAILURE
 
 
 def load_app(spec: str) -> LiteTask:
@@ -128,11 +134,29 @@ def _check_sqlite_file(url: str) -> None:
 
 
 @contextmanager
+def database_errors(app: LiteTask) -> Iterator[None]:
+    """PostgreSQL refusing the URL's role, password or database, or a value it was given: one line.
+
+    The broker lets these asyncpg errors through (a refused connection is already a
+    BrokerUnavailable); they are mistakes in the URL or the input, not bugs worth a traceback.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if (refusal := connection_refusal(exc)) is not None:
+            raise CommandError(f"cannot use PostgreSQL at {redact_url(app.url)}: {refusal}") from None
+        if (rejected := rejected_value(exc)) is not None:
+            raise CommandError(f"PostgreSQL refused a value: {rejected}") from None
+        raise
+
+
+@contextmanager
 def opened(app_spec: str | None, url: str | None) -> Iterator[LiteTask]:
     """The app for an inspecting command, closed at the end."""
     app = resolve_app(app_spec, url, must_exist=True)
     try:
-        yield app
+        with database_errors(app):
+            yield app
     finally:
         app.close()
 
@@ -224,14 +248,21 @@ def not_found(task_id: str) -> NoReturn:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# Far beyond any retention period, and far from what timedelta and PostgreSQL's timestamps can
+# hold (now minus a few thousand years is already out of their range).
+MAX_DURATION = timedelta(days=36_500)
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` (also ``1.5h``) to a timedelta."""
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` (also ``1.5h``) to a timedelta, at most
+    :data:`MAX_DURATION` (100 years)."""
     m = _DURATION.match(text)
     if m is None:
         raise ValueError(f"expected a duration such as 30s, 15m, 12h, 7d or plain seconds, got {text!r}")
-    return timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()])
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {text.strip()!r} is too large: at most {MAX_DURATION.days}d (100 years)")
+    return timedelta(seconds=seconds)
 
 
 def _duration_option(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
@@ -283,12 +314,13 @@ def worker(positional_app: str | None, app_spec: str | None, url: str | None, co
     _setup_logging(log_level)
     app = resolve_app(positional_app or app_spec, url, needs_tasks=True)
     try:
-        asyncio.run(app.run_worker(
-            concurrency=concurrency, processes=processes,
-            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
-            heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-            grace_period=grace_period, max_rescues=max_rescues,
-        ))
+        with database_errors(app):
+            asyncio.run(app.run_worker(
+                concurrency=concurrency, processes=processes,
+                queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+                heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+                grace_period=grace_period, max_rescues=max_rescues,
+            ))
     finally:
         app.close()
 
@@ -301,7 +333,8 @@ def migrate(app_spec: str | None, url: str | None, log_level: str) -> None:
     _setup_logging(log_level)
     app = resolve_app(app_spec, url)
     try:
-        version = asyncio.run(app.migrate())
+        with database_errors(app):
+            version = asyncio.run(app.migrate())
     finally:
         app.close()
     click.echo(f"litetask schema is at version {version}")
@@ -558,9 +591,19 @@ def workers_command(app_spec: str | None, url: str | None, as_json: bool) -> Non
         click.echo(render_workers(infos))
 
 
+async def _check_database(app: LiteTask) -> None:
+    """Open the broker once (and close it), so a wrong URL fails now rather than on every page."""
+    try:
+        await app.broker()
+    finally:
+        await app.aclose()
+
+
 @cli.command()
 @app_options
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Any address but loopback shows every task's data to the "
+                   "network (see above).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--token", envvar=TOKEN_ENV, default=None, show_envvar=True,
               help="Token that allows cancel and retry (without one they are off).")
@@ -568,21 +611,36 @@ def workers_command(app_spec: str | None, url: str | None, as_json: bool) -> Non
 @click.option("--log-level", default="info", show_default=True)
 def dashboard(app_spec: str | None, url: str | None, host: str, port: int, token: str | None,
               read_only: bool, log_level: str) -> None:
-    """Serve the web dashboard (needs the [dashboard] extra)."""
+    """Serve the web dashboard (needs the [dashboard] extra).
+
+    The pages show every task's arguments, results, errors and tracebacks to whoever can reach
+    them: the token guards only cancel and retry. Keep the default --host 127.0.0.1 (reach it
+    through an SSH tunnel, or a proxy with its own authentication); any other address gets a
+    warning at start.
+    """
+    _quiet_logging()
     app = resolve_app(app_spec, url)
     try:
         factory = getattr(app, "dashboard", None)
         if not callable(factory):
-            raise CommandError(DASHBOARD_MISSING, EXIT_FAILURE)
+            raise CommandFailure(DASHBOARD_MISSING)
         try:
             uvicorn = importlib.import_module("uvicorn")
             asgi = factory(token=token or None, read_only=read_only)
         except ImportError as exc:
             missing = f"missing module {exc.name!r}" if exc.name else str(exc)
-            raise CommandError(f"{DASHBOARD_MISSING} ({missing})", EXIT_FAILURE) from None
+            raise CommandFailure(f"{DASHBOARD_MISSING} ({missing})") from None
+        with database_errors(app):
+            asyncio.run(_check_database(app))
+        from .dashboard import exposure_warning
+
+        warning = exposure_warning(host)
+        if warning is not None:
+            logging.getLogger("litetask_async.dashboard").warning("%s", warning)
         actions = ("off (--read-only)" if read_only else "cancel and retry with the token" if token
                    else f"off (no --token or ${TOKEN_ENV})")
-        click.echo(f"litetask dashboard on http://{host}:{port}/ (actions: {actions})", err=True)
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"litetask dashboard on http://{shown}:{port}/ (actions: {actions})", err=True)
         uvicorn.run(asgi, host=host, port=port, log_level=log_level.lower())
     finally:
         app.close()
@@ -606,6 +664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TaskNotFound as exc:
         click.echo(f"litetask: error: {exc}", err=True)
         return EXIT_FAILURE
+    except UnicodeEncodeError as exc:
+        # Lone surrogates come from an argument whose bytes are not UTF-8 (Python's surrogateescape).
+        what = "an argument is not valid UTF-8 text" if "surrogates" in exc.reason else "cannot encode text"
+        click.echo(f"litetask: error: {what} ({exc})", err=True)
+        return EXIT_USAGE
     except (LiteTaskError, ValueError) as exc:  # app, URL, database unreachable, bad value
         click.echo(f"litetask: error: {exc}", err=True)
         return EXIT_USAGE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import os
@@ -13,16 +14,19 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from litetask_async import LiteTask
 from litetask_async.brokers.postgres_sql import LATEST_VERSION
 from litetask_async.cli import parse_duration
+from litetask_async.dashboard import exposure_warning, is_loopback
 from tests.acceptance.helpers import start_worker, stop_worker, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +88,8 @@ def test_migrate_sqlite_and_postgres(tmp_path: Path, postgres_url: str) -> None:
     (["list", "--url", "memory://", "--app", "tests.xproc_app:app"], "not both"),
     (["list", "--url", "memory://", "--status", "lost"], "Invalid value for '--status'"),
     (["purge", "--url", "memory://", "--older-than", "7 weeks"], "expected a duration"),
+    (["purge", "--url", "memory://", "--older-than", "99999999999d"], "'99999999999d' is too large"),
+    (["purge", "--url", "memory://", "--older-than", "36501d"], "at most 36500d (100 years)"),
     (["purge", "--url", "memory://"], "Missing option '--older-than'"),
 ])
 def test_clear_errors_and_exit_code_2(args: list[str], message: str) -> None:
@@ -100,9 +106,62 @@ def test_parse_duration() -> None:
     assert parse_duration("30s") == parse_duration("30") == timedelta(seconds=30)
     assert parse_duration("1.5h") == timedelta(minutes=90)
     assert parse_duration("0") == timedelta(0)
+    assert parse_duration("36500d") == timedelta(days=36_500)
     for bad in ("", "-1d", "7w", "d", "1e3"):
         with pytest.raises(ValueError, match="expected a duration"):
             parse_duration(bad)
+    for huge in ("36500.5d", "99999999999d", "9" * 400, "876001h"):
+        with pytest.raises(ValueError, match="is too large"):
+            parse_duration(huge)
+
+
+# Every command that touches the database, with what it needs besides --url.
+DB_COMMANDS: list[tuple[str, ...]] = [
+    ("list",), ("show", NO_SUCH_ID), ("logs", NO_SUCH_ID), ("cancel", NO_SUCH_ID), ("retry", NO_SUCH_ID),
+    ("purge", "--older-than", "1d"), ("stats",), ("workers",), ("migrate",), ("dashboard", "--port", "1"),
+]
+
+
+def test_postgres_refusing_the_role_or_database_is_one_line_for_every_command(postgres_server_url: str) -> None:
+    server = make_url(postgres_server_url)
+    refused = {
+        "no_role": (server.set(username="litetask_no_such_role").render_as_string(hide_password=False),
+                    'role "litetask_no_such_role"'),
+        "no_db": (server.set(database="litetask_no_such_db").render_as_string(hide_password=False),
+                  'database "litetask_no_such_db" does not exist'),
+    }
+    calls: list[tuple[tuple[str, ...], dict[str, str] | None, str]] = []
+    for url, reason in refused.values():
+        calls += [((*args, "--url", url), None, reason) for args in DB_COMMANDS]
+        calls.append((("worker", "tests.xproc_app:app"), {"LITETASK_URL": url}, reason))
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda c: litetask(*c[0], env=c[1]), calls))
+    for (args, _, reason), r in zip(calls, results, strict=True):
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert r.stderr.startswith("litetask: error: cannot use PostgreSQL at postgresql://"), (args, r.stderr)
+        assert reason in r.stderr, (args, r.stderr)
+
+
+ODD = "\udcff"  # the byte 0xff in an argument: not UTF-8, so Python hands it over as a lone surrogate
+
+
+def test_arguments_that_are_not_utf8_get_a_clear_answer(url: str) -> None:
+    """No task can hold such text: the app finds no such task (exit 1, or an empty list) or refuses
+    the text (exit 2); either way one line, never a traceback."""
+    ok("migrate", "--url", url)
+    calls = [(command, ODD, "--url", url) for command in ("show", "logs", "cancel", "retry")]
+    calls += [("list", option, ODD, "--url", url) for option in ("--name", "--queue", "--before")]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda a: litetask(*a), calls))
+    for args, r in zip(calls, results, strict=True):
+        assert "Traceback" not in r.stderr, (args, r.stderr)
+        if r.returncode == 0:
+            assert args[1] in ("--name", "--queue") and r.stdout.strip() == "no tasks", (args, r.stdout)
+            continue
+        assert r.returncode in (1, 2), (args, r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("litetask: error: "), (args, r.stderr)
+        assert "'\\udcff'" in r.stderr, (args, r.stderr)
 
 
 def test_console_script_and_help() -> None:
@@ -347,8 +406,10 @@ def test_dashboard_without_its_extra_says_what_to_install(dash_env: dict[str, st
         assert "Traceback" not in r.stderr
 
 
-def _serve_once(args: list[str], env: dict[str, str], path: str = "/") -> tuple[int, bytes, str]:
-    """``litetask dashboard ...`` on a free port: one GET, then SIGTERM; (status, body, output)."""
+def _serve_once(args: list[str], env: dict[str, str], path: str = "/",
+                then: Callable[[int], None] | None = None) -> tuple[int, bytes, str]:
+    """``litetask dashboard ...`` on a free port: one GET, then ``then(port)``, then SIGTERM;
+    (status, body, output)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -363,6 +424,8 @@ def _serve_once(args: list[str], env: dict[str, str], path: str = "/") -> tuple[
                     status, body = resp.status, resp.read()
             except OSError:
                 time.sleep(0.1)
+        if then is not None and status:
+            then(port)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
@@ -388,3 +451,57 @@ def test_dashboard_serves_the_real_dashboard(tmp_path: Path) -> None:
     status, body, out = _serve_once(["--url", url, "--token", "t0ken"], {})
     assert status == 200 and body, out
     assert "actions: cancel and retry with the token" in out
+    assert "WARNING" not in out  # loopback: nothing to warn about
+
+
+def test_dashboard_help_says_the_pages_are_open() -> None:
+    text = " ".join(ok("dashboard", "--help").split())
+    assert "show every task's arguments, results, errors and tracebacks to whoever can reach them" in text
+    assert "the token guards only cancel and retry" in text and "127.0.0.1" in text
+
+
+def test_exposure_warning_only_beyond_loopback() -> None:
+    for host in ("127.0.0.1", "127.0.1.1", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert is_loopback(host) and exposure_warning(host) is None, host
+    for host in ("0.0.0.0", "::", "", "192.168.1.20", "dashboard.example.com"):
+        assert not is_loopback(host), host
+        warning = exposure_warning(host)
+        assert warning is not None and "arguments, results and tracebacks" in warning, host
+
+
+@pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("starlette") is None,
+                    reason="the dashboard extra is not installed")
+def test_dashboard_beyond_loopback_warns_and_takes_a_non_ascii_token(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'open.db'}"
+    producer = LiteTask(url)
+    try:
+        tid = producer.enqueue("tests.jobs.aadd", 1, 2)
+    finally:
+        producer.close()
+    token = "pässwörd"
+    answers: list[tuple[int, str | None]] = []
+
+    def post_with_utf8_header(port: int) -> None:
+        # http.client sends bytes as they are: the token's UTF-8 encoding, as curl or a browser would.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", f"/tasks/{tid}/cancel", headers={"X-LiteTask-Token": token.encode()})
+            resp = conn.getresponse()
+            resp.read()
+            answers.append((resp.status, resp.getheader("location")))
+        finally:
+            conn.close()
+
+    status, _, out = _serve_once(["--url", url, "--host", "0.0.0.0", "--token", token], {},
+                                 then=post_with_utf8_header)
+    assert status == 200, out
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, out
+    assert warnings[0].startswith("litetask: WARNING litetask_async.dashboard: the dashboard listens on 0.0.0.0")
+    assert "every task's arguments, results and tracebacks" in warnings[0]
+    assert answers == [(303, f"/tasks/{tid}?notice=cancelled")], out
+    watcher = LiteTask(url)
+    try:
+        assert watcher.get_task_sync(tid).status == "cancelled"  # type: ignore[union-attr]
+    finally:
+        watcher.close()

@@ -275,6 +275,82 @@ async def test_read_only_hides_and_refuses_actions(app: LiteTask) -> None:
     assert (await app.get_task(tid)).status is TaskStatus.PENDING  # type: ignore[union-attr]
 
 
+async def test_non_ascii_token_in_headers_bearer_and_form(app: LiteTask) -> None:
+    token = "pässwörd"
+    t = jobs.register(app)
+    ids = [await t["aadd"].configure(countdown=3600).adelay(i, i) for i in range(5)]
+    async with client(app.dashboard(token=token)) as c:
+        # Header values are bytes on the wire: the token's UTF-8 encoding (curl, browsers, httpx
+        # given bytes), or its latin-1 one (Python's http.client and requests given a str).
+        for tid, headers in zip(ids, [
+            {"X-LiteTask-Token": token.encode("utf-8")},
+            {"X-LiteTask-Token": token.encode("latin-1")},
+            {"Authorization": b"Bearer " + token.encode("utf-8")},
+            {"Authorization": b"bearer " + token.encode("latin-1") + b" "},
+        ], strict=False):
+            r = await c.post(f"/tasks/{tid}/cancel", headers=headers)
+            assert r.status_code == 303 and r.headers["location"].endswith("notice=cancelled"), headers
+        r = await c.post(f"/tasks/{ids[4]}/cancel", data={"token": token})
+        assert r.status_code == 303 and r.headers["location"].endswith("notice=cancelled")
+        for wrong in ({"X-LiteTask-Token": "passwörd".encode()},  # one letter off
+                      {"X-LiteTask-Token": token.encode("utf-16")},
+                      {"X-LiteTask-Token": token.encode().decode("latin-1").encode()},  # UTF-8 twice
+                      {"Authorization": b"Bearer " + token.upper().encode()}):
+            r = await c.post(f"/tasks/{ids[0]}/retry", headers=wrong)
+            assert r.status_code == 403 and "Missing or wrong token" in r.text, wrong
+    for tid in ids:
+        assert (await app.get_task(tid)).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_nul_in_ids_and_filters_is_a_clear_answer_not_a_server_error(app: LiteTask) -> None:
+    """No task id, name or queue can hold NUL: an id is not found (404); a filter lists nothing
+    or is refused (400), as the app chooses; never a 500."""
+    t = jobs.register(app)
+    tid = await t["aadd"].adelay(1, 1)
+    async with client(app.dashboard(token=TOKEN)) as c:
+        for path in ("/tasks/%00", "/tasks/%00/live", "/tasks/a%00b"):
+            r = await c.get(path)
+            assert r.status_code == 404 and "Not found" in r.text, path
+        for action in ("cancel", "retry"):
+            r = await c.post(f"/tasks/%00/{action}", data={"token": TOKEN})
+            assert r.status_code == 404 and "Not found" in r.text, action
+            r = await c.post(f"/tasks/%00/{action}", headers={"X-LiteTask-Token": TOKEN,
+                                                               "Accept": "application/json"})
+            assert r.status_code == 404 and r.json()["error"] == "Not found", action
+        for query in ("name=%00", "queue=%00", "name=a%00b", "before=%00"):
+            r = await c.get(f"/tasks?{query}")
+            if r.status_code == 200:
+                assert "No tasks match" in r.text and linked_task_ids(r.text) == [], query
+            else:
+                assert r.status_code == 400 and "Bad request" in r.text, (query, r.status_code)
+        # and the dashboard is still fine afterwards
+        assert (await c.get("/tasks")).status_code == 200
+        assert (await c.get(f"/tasks/{tid}")).status_code == 200
+
+
+async def test_postgres_refusing_the_role_or_database_is_a_503(postgres_server_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    server = make_url(postgres_server_url)
+    for url, reason in [
+        (server.set(username="litetask_no_such_role"), 'role "litetask_no_such_role"'),
+        (server.set(database="litetask_no_such_db"), 'database "litetask_no_such_db" does not exist'),
+    ]:
+        refused = LiteTask(url.render_as_string(hide_password=False))
+        try:
+            async with client(refused.dashboard(token=TOKEN)) as c:
+                for path in ("/", "/tasks", "/tasks/" + "0" * 32, "/workers", "/metrics"):
+                    r = await c.get(path)
+                    assert r.status_code == 503 and "Database unavailable" in r.text, (path, r.text)
+                    assert reason in html.unescape(r.text), path
+            async with client(refused.metrics_asgi()) as c:
+                r = await c.get("/metrics")
+                assert r.status_code == 503 and reason in r.text, r.text
+        finally:
+            await refused.aclose()
+            refused.close()
+
+
 async def test_metrics(app: LiteTask) -> None:
     t = jobs.register(app)
     ok = [await t["aadd"].adelay(i, 1) for i in range(3)]

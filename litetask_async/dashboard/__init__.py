@@ -13,6 +13,7 @@ read-only for everyone who can reach them, actions (cancel, retry) need the toke
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,30 @@ def _missing(exc: ModuleNotFoundError, what: str) -> ImportError:
         f"run `pip install litetask_async[dashboard]` (quoted in most shells: {INSTALL_HINT})")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` keeps the dashboard on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name: it may stand for any interface
+
+
+def exposure_warning(host: str) -> str | None:
+    """What to warn about when the dashboard listens on ``host`` beyond this machine, or None.
+
+    Pages are readable by whoever reaches them, token or not (the token guards only the actions),
+    so any address but loopback exposes the tasks' data.
+    """
+    if is_loopback(host):
+        return None
+    return (f"the dashboard listens on {host}, not loopback: anyone who can reach it reads every task's "
+            "arguments, results and tracebacks (a token guards only cancel and retry); put it behind "
+            "your own authentication, or listen on 127.0.0.1")
+
+
 def create_dashboard(app: LiteTask, *, token: str | None = None, read_only: bool = False) -> ASGIApp:
     """The dashboard as an ASGI app (see :meth:`litetask_async.LiteTask.dashboard`)."""
     try:
@@ -62,4 +87,5 @@ def create_metrics_app(app: LiteTask) -> ASGIApp:
     return metrics_app(app)
 
 
-__all__ = ["INSTALL_HINT", "ASGIApp", "DashboardDependencyError", "create_dashboard", "create_metrics_app"]
+__all__ = ["INSTALL_HINT", "ASGIApp", "DashboardDependencyError", "create_dashboard", "create_metrics_app",
+           "exposure_warning", "is_loopback"]

@@ -35,6 +35,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from ..brokers.base import DURATION_BUCKETS
+from ..db_errors import connection_refusal
 from ..exceptions import LiteTaskError
 from ..records import TaskStatus
 from . import ASGIApp, Receive, Scope, Send
@@ -206,8 +207,12 @@ def metrics_app(app: LiteTask) -> ASGIApp:
             try:
                 body, content_type = await render_metrics(app, accept)
                 status = 200
-            except LiteTaskError as exc:
-                status, body, content_type = 503, f"database unavailable: {exc}\n".encode(), "text/plain; charset=utf-8"
+            except Exception as exc:
+                # Unreachable, or refusing the URL's role or database: the scraper sees a 503.
+                reason = exc if isinstance(exc, LiteTaskError) else connection_refusal(exc)
+                if reason is None:
+                    raise
+                status, body, content_type = 503, f"database unavailable: {reason}\n".encode(), "text/plain; charset=utf-8"
             headers.append((b"content-type", content_type.encode("latin-1")))
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

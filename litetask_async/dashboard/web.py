@@ -4,10 +4,12 @@ Pages (relative to wherever the app is mounted): ``/`` overview, ``/tasks`` list
 and keyset pages, ``/tasks/{id}`` detail (live progress from ``/tasks/{id}/live``), ``/workers``,
 ``/metrics``. Actions (``POST /tasks/{id}/cancel`` and ``/retry``) need the configured token,
 as the form field ``token``, the header ``X-LiteTask-Token`` or ``Authorization: Bearer``.
+A non-ASCII token is matched in a header as the raw bytes of its UTF-8 or latin-1 encoding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -29,7 +31,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import __version__
-from ..exceptions import BrokerUnavailable, TaskNotFound
+from ..db_errors import connection_refusal, redact_url, rejected_value
+from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
 from ..records import FINAL_STATUSES, TaskRecord, TaskStatus
 from . import ASGIApp
 from .metrics import render_metrics
@@ -176,6 +179,7 @@ class Dashboard:
     def __init__(self, app: LiteTask, *, token: str | None = None, read_only: bool = False) -> None:
         self.app = app
         self.token = token or None
+        self._token_digests = () if self.token is None else _token_digests(self.token)
         self.read_only = read_only
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -208,10 +212,16 @@ class Dashboard:
             Route("/metrics", self.metrics, name="metrics"),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
-        starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-            HTTPException: self._http_error,  # type: ignore[dict-item]
+        handlers: dict[Any, Any] = {
+            HTTPException: self._http_error,
             BrokerUnavailable: self._unavailable,
-        })
+            ConfigurationError: self._misconfigured,
+        }
+        if self.kind in ("postgresql", "postgres"):
+            import asyncpg
+
+            handlers[asyncpg.PostgresError] = self._postgres_error
+        starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
         self.router = starlette
         return starlette
 
@@ -257,6 +267,19 @@ class Dashboard:
     async def _unavailable(self, request: Request, exc: Exception) -> Response:
         return self.message(request, 503, "Database unavailable", str(exc))
 
+    async def _misconfigured(self, request: Request, exc: Exception) -> Response:
+        return self.message(request, 503, "Database not ready", str(exc))
+
+    async def _postgres_error(self, request: Request, exc: Exception) -> Response:
+        """PostgreSQL refusing the URL's role or database (503) or a value (400); anything else
+        is a bug and stays a 500."""
+        if (refusal := connection_refusal(exc)) is not None:
+            return self.message(request, 503, "Database unavailable",
+                                f"PostgreSQL at {redact_url(self.app.url)} refused: {refusal}")
+        if (rejected := rejected_value(exc)) is not None:
+            return self.message(request, 400, "Bad request", f"PostgreSQL refused a value: {rejected}")
+        raise exc
+
     # --- pages ---
 
     async def overview(self, request: Request) -> Response:
@@ -287,6 +310,10 @@ class Dashboard:
         except TaskNotFound:
             raise HTTPException(400, "the page cursor (before=) names no stored task; start again from the "
                                      "newest tasks") from None
+        except Exception as exc:
+            if (reason := _refused_input(exc)) is None:
+                raise
+            raise HTTPException(400, f"these filters cannot be looked up: {reason}") from None
         has_next = len(rows) > limit
         rows = rows[:limit]
         filters = {"status": status, "name": name, "queue": queue,
@@ -301,7 +328,12 @@ class Dashboard:
                            known_names=known_names, known_queues=known_queues, page_sizes=[20, 50, 100, 200, 500])
 
     async def _get(self, task_id: str) -> TaskRecord:
-        rec = await self.app.get_task(task_id)
+        try:
+            rec = await self.app.get_task(task_id)
+        except Exception as exc:
+            if _refused_input(exc) is None:
+                raise
+            rec = None  # an id the app or the database refuses (a NUL in it) names no task
         if rec is None:
             raise HTTPException(404, f"no task with id {task_id!r}")
         return rec
@@ -337,13 +369,20 @@ class Dashboard:
         if self.token is None:
             return self.message(request, 403, "Forbidden",
                                 "Actions are disabled: no token is configured (LITETASK_DASHBOARD_TOKEN).")
-        supplied = request.headers.get("x-litetask-token")
-        auth = request.headers.get("authorization", "")
-        if supplied is None and auth[:7].lower() == "bearer ":
+        # Headers as the raw bytes that came over the wire (Starlette decodes them as latin-1).
+        supplied = _raw_header(request, b"x-litetask-token")
+        auth = _raw_header(request, b"authorization") or b""
+        if supplied is None and auth[:7].lower() == b"bearer ":
             supplied = auth[7:].strip()
         if supplied is None:
-            supplied = (await _read_form(request)).get("token")
-        if not supplied or not hmac.compare_digest(_digest(supplied), _digest(self.token)):
+            field = (await _read_form(request)).get("token")
+            supplied = None if field is None else field.encode("utf-8", "surrogateescape")
+        if not supplied:
+            return self.message(request, 403, "Forbidden", "Missing or wrong token.")
+        given = hashlib.sha256(supplied).digest()
+        # Compare with every accepted spelling, without stopping at the first match.
+        matches = [hmac.compare_digest(given, d) for d in self._token_digests]
+        if not any(matches):
             return self.message(request, 403, "Forbidden", "Missing or wrong token.")
         return None
 
@@ -355,6 +394,10 @@ class Dashboard:
         try:
             done = bool(await action(task_id))
         except TaskNotFound:
+            raise HTTPException(404, f"no task with id {task_id!r}") from None
+        except Exception as exc:
+            if _refused_input(exc) is None:
+                raise
             raise HTTPException(404, f"no task with id {task_id!r}") from None
         if _wants_json(request):
             rec = await self._get(task_id)
@@ -380,9 +423,34 @@ def live_state(rec: TaskRecord) -> dict[str, Any]:
             "run_time_text": fmt_seconds(run_time(rec))}
 
 
-def _digest(secret: str) -> bytes:
-    """Compared in constant time as fixed-size digests, so not even the length leaks."""
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+def _token_digests(token: str) -> tuple[bytes, ...]:
+    """Digests of the byte strings that spell ``token`` in a request: its UTF-8 encoding, and its
+    latin-1 one, which Python's http.client (and so requests) sends for a non-ASCII header value.
+
+    HTTP headers carry bytes; clients disagree on how to encode text in them. Tokens are compared
+    in constant time as fixed-size digests, so not even the length leaks.
+    """
+    spellings = {token.encode("utf-8", "surrogateescape")}
+    with contextlib.suppress(UnicodeEncodeError):
+        spellings.add(token.encode("latin-1"))
+    return tuple(hashlib.sha256(s).digest() for s in sorted(spellings))
+
+
+def _raw_header(request: Request, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case) as received."""
+    for key, value in request.headers.raw:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _refused_input(exc: Exception) -> str | None:
+    """Why a lookup refused its input, or None for any other error: a ValueError from the app
+    (a NUL character, text that is not UTF-8), or PostgreSQL refusing the value."""
+    if isinstance(exc, ValueError) and not isinstance(exc, ConfigurationError):
+        return str(exc)
+    rejected = rejected_value(exc)
+    return None if rejected is None else str(rejected)
 
 
 def _wants_json(request: Request) -> bool:
