@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import threading
 import weakref
@@ -14,11 +15,11 @@ from typing import Any, ParamSpec, TypeVar, overload
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .brokers.base import Broker
+from .brokers.base import Broker, redact_url
 from .exceptions import ConfigurationError, TaskNotFound
 from .records import LogRecord, NewTask, TaskRecord, TaskStatus, WorkerInfo
 from .scheduling import Schedule
-from .tasks import Task, new_task
+from .tasks import MAX_DURATION, Task, check_text, new_task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,7 +35,7 @@ def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
     """Check ``url`` and return a function that builds a broker for it."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigurationError(
-            f"not a broker URL: {url!r}; use 'sqlite:///path.db', 'memory://' or 'postgresql://...'")
+            f"not a broker URL: {redact_url(url)!r}; use 'sqlite:///path.db', 'memory://' or 'postgresql://...'")
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         from .brokers.memory import MemoryBroker
@@ -52,10 +53,10 @@ def broker_factory(url: str, auto_migrate: bool = True) -> Callable[[], Broker]:
         return lambda: PostgresBroker(url, auto_migrate=auto_migrate)
     if scheme.startswith("postgres"):
         raise ConfigurationError(
-            f"not a PostgreSQL URL litetask_async can use: {url!r}; it talks to PostgreSQL through "
+            f"not a PostgreSQL URL litetask_async can use: {redact_url(url)!r}; it talks to PostgreSQL through "
             "asyncpg: use 'postgresql://...' or 'postgresql+asyncpg://...'")
     raise ConfigurationError(
-        f"unknown broker URL scheme {scheme!r} in {url!r}; "
+        f"unknown broker URL scheme {scheme!r} in {redact_url(url)!r}; "
         "use 'sqlite:///path.db', 'sqlite+aiosqlite:///path.db', 'memory://' or 'postgresql://...'")
 
 
@@ -84,10 +85,12 @@ class LiteTask:
             self._sqlite = (path_from_url(url), busy_timeout_ms(url))
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
-        if result_ttl is not None and not isinstance(result_ttl, timedelta):
-            result_ttl = timedelta(seconds=result_ttl)
-        if result_ttl is not None and result_ttl.total_seconds() <= 0:
-            raise ConfigurationError("result_ttl must be positive")
+        if result_ttl is not None:
+            seconds = result_ttl.total_seconds() if isinstance(result_ttl, timedelta) else result_ttl
+            if not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_DURATION:
+                raise ConfigurationError(f"result_ttl must be positive and at most {MAX_DURATION:.0f} "
+                                         f"seconds (10,000 years), got {result_ttl!r}")
+            result_ttl = timedelta(seconds=seconds)
         self.result_ttl: timedelta | None = result_ttl
         self._brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref.WeakKeyDictionary()
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -98,7 +101,7 @@ class LiteTask:
         self._portal_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"LiteTask({self.url!r})"
+        return f"LiteTask({redact_url(self.url)!r})"
 
     # --- registry ---
 
@@ -238,11 +241,12 @@ class LiteTask:
         task = self.tasks.get(name)
         if task is not None:
             return await task.adelay(*args, **kwargs)
-        return (await self._enqueue([new_task(name, args, kwargs)]))[0]
+        return (await self._enqueue([new_task(check_text(name, "task name"), args, kwargs)]))[0]
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         """The task's record, or None if there is no such task."""
-        _check_id(task_id)
+        if not _lookup(task_id):
+            return None
         return await (await self.broker()).get(task_id)
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
@@ -251,7 +255,10 @@ class LiteTask:
         Raises ``TimeoutError`` after ``timeout`` seconds and :class:`TaskNotFound` for an
         unknown id.
         """
-        _check_id(task_id)
+        if not _lookup(task_id):
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if timeout is not None and math.isnan(timeout):
+            raise ValueError("timeout must be a number of seconds or None, got nan")
         broker = await self.broker()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -272,7 +279,8 @@ class LiteTask:
         """Cancel a task. A pending task never runs; a running one is stopped by its worker
         within about a second and ends ``cancelled``. Returns False (and changes nothing) when
         the task had already finished. Raises :class:`TaskNotFound` for an unknown id."""
-        _check_id(task_id)
+        if not _lookup(task_id):
+            raise TaskNotFound(f"no task with id {task_id!r}")
         return await (await self.broker()).cancel(task_id)
 
     async def run_worker(
@@ -299,10 +307,11 @@ class LiteTask:
         """Delete finished tasks (completed, failed, cancelled) that finished more than
         ``older_than`` ago, in batches; pending and running tasks are never touched. Returns
         how many were deleted."""
-        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
-        if seconds < 0:
-            raise ValueError("older_than must not be negative")
-        return await (await self.broker()).purge(seconds)
+        seconds = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
+        if not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_DURATION:  # also NaN
+            raise ValueError(f"older_than must be from 0 to {MAX_DURATION:.0f} seconds (10,000 years), "
+                             f"got {older_than!r}")
+        return await (await self.broker()).purge(float(seconds))
 
     def purge_sync(self, older_than: timedelta | float) -> int:
         """Sync twin of :meth:`purge`."""
@@ -317,17 +326,23 @@ class LiteTask:
         gives the next page (keyset pagination: no OFFSET, served by indexes)."""
         if status is not None:
             status = TaskStatus(status).value
-        if not 1 <= limit <= 10_000:
-            raise ValueError("limit must be between 1 and 10000")
-        if before is not None:
-            _check_id(before)
+        if not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ValueError(f"limit must be an int from 1 to 10000, got {limit!r}")
+        if before is not None and not _lookup(before):
+            raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
+        for field, value in (("name", name), ("queue", queue)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"the {field} filter must be a string, got {type(value).__name__}")
+            if value is not None and not _storable(value):
+                return []  # no task has such a name or queue: they are refused at enqueue
         return await (await self.broker()).list_tasks(status=status, name=name, queue=queue,
                                                       limit=limit, before=before)
 
     async def retry(self, task_id: str) -> bool:
         """Run a failed or cancelled task again (its attempt history is kept). Returns False
         when the task is not failed or cancelled. Raises :class:`TaskNotFound`."""
-        _check_id(task_id)
+        if not _lookup(task_id):
+            raise TaskNotFound(f"no task with id {task_id!r}")
         return await (await self.broker()).retry(task_id)
 
     async def stats(self) -> dict[str, Any]:
@@ -347,7 +362,10 @@ class LiteTask:
     async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
         """``logging`` records emitted inside the task (async or process pool), oldest first.
         Raises :class:`TaskNotFound` for an unknown id."""
-        _check_id(task_id)
+        if not _lookup(task_id):
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         broker = await self.broker()
         logs = await broker.task_logs(task_id, limit)
         if not logs and await broker.get(task_id) is None:
@@ -465,7 +483,23 @@ class LiteTask:
         return create_metrics_app(self)
 
 
-def _check_id(task_id: object) -> str:
+def _lookup(task_id: object) -> bool:
+    """Whether ``task_id`` is worth asking the broker about: a TypeError for what is not a
+    string; False for a string no broker can hold (a NUL or a lone surrogate), which is no
+    task's id, so every broker answers "not found" alike instead of PostgreSQL raising."""
     if not isinstance(task_id, str):
         raise TypeError(f"task ids are strings (as returned by delay()), got {type(task_id).__name__}")
-    return task_id
+    return _storable(task_id)
+
+
+def _storable(text: str) -> bool:
+    """False for text with a NUL or a lone surrogate: refused at enqueue, so no task holds it."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

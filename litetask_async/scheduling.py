@@ -27,8 +27,8 @@ class Schedule:
                 raise ConfigurationError(f"not a valid cron expression: {cron!r}")
             return cls(cron=cron)
         seconds = every.total_seconds() if isinstance(every, timedelta) else float(every)  # type: ignore[arg-type]
-        if not seconds > 0:
-            raise ConfigurationError("every= must be a positive number of seconds")
+        if not 0 < seconds < math.inf:  # also refuses NaN
+            raise ConfigurationError(f"every= must be a positive, finite number of seconds, got {every!r}")
         return cls(every=seconds)
 
     def latest_tick(self, now: float) -> float:

@@ -9,6 +9,8 @@ import dataclasses
 import inspect
 import json
 import re
+import sys
+import threading
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -46,15 +48,25 @@ def _default(value: Any) -> Any:
 # An escaped NUL: \u0000 preceded by an even number of backslashes (an odd run would be an
 # escaped backslash followed by the text "u0000").
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# The escape of a UTF-16 surrogate (U+D800..U+DFFF). The ASCII encoder writes a character beyond
+# the BMP (an emoji) as a pair of these too, so a match only means "look closer".
+_SURROGATE = re.compile(r"\\ud[89a-f]")
+# Either escape, parity aside: one scan that rules both out for nearly every payload.
+_SUSPECT = re.compile(r"\\u(?:0000|d[89a-f])")
 
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default)
+# Writes non-ASCII text as it is, so that a lone surrogate reaches the UTF-8 codec and fails there.
+_unicode_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_default,
+                                    ensure_ascii=False)
 
 
 def dumps(value: Any, what: str) -> str:
     """Serialise ``value`` to JSON text, or raise :class:`SerializationError` naming ``what``.
 
     One shared encoder; models (dataclasses, pydantic, ``as_dict()``) are turned into dicts by
-    its ``default`` hook, at any depth.
+    its ``default`` hook, at any depth. Refused alike on every broker: what is not JSON, NaN and
+    infinities, text with NUL or with a lone surrogate (not Unicode text, such as an
+    ``os.listdir()`` name that is not UTF-8), and values nested too deeply.
     """
     if not value and isinstance(value, (list, tuple)):
         return "[]"
@@ -67,10 +79,65 @@ def dumps(value: Any, what: str) -> str:
             f"{what} cannot be stored as JSON: {exc}. Pass JSON types (str, int, float, bool, None, "
             "list, dict), a dataclass, a pydantic model or an object with as_dict()."
         ) from exc
-    if "\\u0000" in text and _NUL.search(text):
-        # PostgreSQL's jsonb refuses it; refuse it on every broker alike.
-        raise SerializationError(f"{what} cannot be stored: it contains a NUL character (\\x00)")
+    except RecursionError:
+        raise _too_deep(what) from None
+    # A one-character search runs at memchr speed: payloads without any escape pay next to nothing.
+    if "\\" in text and _SUSPECT.search(text):
+        _refuse_escapes(value, text, what)
     return text
+
+
+def _refuse_escapes(value: Any, text: str, what: str) -> None:
+    """The slow path of :func:`dumps`, for text that may hold an escaped NUL or lone surrogate:
+    PostgreSQL's jsonb refuses both, and a lone surrogate fails whoever reads it back as UTF-8."""
+    if _NUL.search(text):
+        raise SerializationError(f"{what} cannot be stored: it contains a NUL character (\\x00)")
+    if not _SURROGATE.search(text):
+        return
+    try:
+        _unicode_encoder.encode(value).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"{what} cannot be stored: it contains text that is not valid Unicode (the lone "
+            f"surrogate {ascii(exc.object[exc.start:exc.end])[1:-1]}, as os.listdir() gives for a "
+            "file name that is not UTF-8; decode such bytes with errors='replace', or pass them "
+            "as a list of ints)") from None
+    except RecursionError:
+        raise _too_deep(what) from None
+
+
+def _too_deep(what: str) -> SerializationError:
+    return SerializationError(
+        f"{what} cannot be stored as JSON: it is nested too deeply (lists and dicts inside each "
+        f"other, more than about {sys.getrecursionlimit()} levels)")
+
+
+def loads(text: str | bytes) -> Any:
+    """``json.loads``, also for a document nested deeper than this thread's stack allows.
+
+    ``json`` decodes by recursion: a document :func:`dumps` accepted in a shallow stack can be
+    too deep for a reader deeper in its own. Such a document is decoded again on a fresh thread
+    (an empty stack), so whatever ``dumps`` accepted is read back; deeper ones raise RecursionError.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        pass
+    outcome: list[tuple[bool, Any]] = []
+
+    def decode() -> None:
+        try:
+            outcome.append((True, json.loads(text)))
+        except BaseException as exc:  # raised in the caller below
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=decode, name="litetask-json-decode")
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def rebuild(tp: Any, value: Any) -> Any:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import json
+import math
 import secrets
+import time
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .progress import TaskProgress
-from .records import NewTask
-from .serialization import dumps, is_model_class, rebuild, resolved_hints
+from .records import EARLIEST_RUN_AT_TS, LATEST_RUN_AT, LATEST_RUN_AT_TS, NewTask
+from .serialization import dumps, is_model_class, loads, rebuild, resolved_hints
 
 if TYPE_CHECKING:
     from .app import LiteTask
@@ -45,15 +46,23 @@ class Task(Generic[P, R]):
         priority: int = 0,
         max_concurrency: int | None = None,
     ) -> None:
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1 (or None for no limit)")
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be a positive number of seconds")
+        if not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+            raise ValueError(f"retries must be an int from 0 to {MAX_RETRIES}, got {retries!r}")
+        if not _is_number(retry_backoff) or not 0 <= retry_backoff <= MAX_DURATION:
+            raise ValueError(f"retry_backoff must be a finite number of seconds >= 0 (at most "
+                             f"{MAX_DURATION:.0f}, 10,000 years), got {retry_backoff!r}")
+        if max_concurrency is not None and (
+                not isinstance(max_concurrency, int) or not 1 <= max_concurrency <= MAX_INT32):
+            raise ValueError(f"max_concurrency must be an int from 1 to {MAX_INT32} (or None for no "
+                             f"limit), got {max_concurrency!r}")
+        if timeout is not None and (not _is_number(timeout) or not 0 < timeout <= MAX_DURATION):
+            raise ValueError(f"timeout must be a positive, finite number of seconds (at most "
+                             f"{MAX_DURATION:.0f}, 10,000 years) or None, got {timeout!r}")
+        _check_priority(priority)
         self.app = app
         self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.name = check_text(name or f"{fn.__module__}.{fn.__qualname__}", "task name")
+        check_text(queue, "queue")
         self.retries = retries
         self.retry_backoff = retry_backoff
         self.retry_on = retry_on
@@ -163,8 +172,11 @@ class Task(Generic[P, R]):
 
     def decode_arguments(self, args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
         """Stored JSON to call arguments, with models rebuilt from their dicts."""
-        args = json.loads(args_json)
-        kwargs = json.loads(kwargs_json)
+        try:
+            args = loads(args_json)
+            kwargs = loads(kwargs_json)
+        except RecursionError:
+            raise ValueError("stored arguments are nested too deeply to decode") from None
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("stored arguments are not a JSON list and object")
         try:
@@ -236,23 +248,30 @@ class CallOptions:
             if eta.tzinfo is None or eta.utcoffset() is None:
                 raise ValueError("eta must be timezone-aware (e.g. datetime(..., tzinfo=timezone.utc)); "
                                  "a naive datetime is ambiguous")
-            eta_ts: float | None = eta.timestamp()
+            ts = eta.timestamp()
+            if not EARLIEST_RUN_AT_TS <= ts < LATEST_RUN_AT_TS:
+                raise ValueError(f"eta must be from the year 1 to before {LATEST_RUN_AT:%Y-%m-%d} (UTC), "
+                                 f"what every broker can store and read back; got {eta.isoformat()}")
+            eta_ts: float | None = ts
         else:
             eta_ts = None
         if countdown is not None:
             if isinstance(countdown, timedelta):
                 countdown = countdown.total_seconds()
-            if not isinstance(countdown, (int, float)) or countdown < 0:
-                raise ValueError(f"countdown must be a number of seconds >= 0, got {countdown!r}")
+            if not _is_number(countdown) or not 0 <= countdown < math.inf:
+                raise ValueError(f"countdown must be a finite number of seconds >= 0, got {countdown!r}")
+            if countdown >= LATEST_RUN_AT_TS - time.time():
+                raise ValueError(f"countdown={countdown!r} puts the task after {LATEST_RUN_AT:%Y-%m-%d} "
+                                 "(UTC), beyond what every broker can store and read back")
         priority = options.get("priority")
-        if priority is not None and not isinstance(priority, int):
-            raise TypeError("priority must be an int")
+        if priority is not None:
+            _check_priority(priority)
         queue = options.get("queue")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise TypeError("queue must be a non-empty string")
+        if queue is not None:
+            check_text(queue, "queue")
         unique_key = options.get("unique_key")
-        if unique_key is not None and not isinstance(unique_key, str):
-            raise TypeError("unique_key must be a string")
+        if unique_key is not None:
+            check_text(unique_key, "unique_key", empty_ok=True)
         return cls(queue, priority, None if countdown is None else float(countdown), eta_ts, unique_key)
 
 
@@ -287,6 +306,43 @@ class TaskCall(Generic[P, R]):
     def delay_many(self, calls: Iterable[Call]) -> list[str]:
         """As :meth:`Task.delay_many`, with these options."""
         return self.task._submit_sync(calls, self.options)
+
+
+#: Bounds of what every broker stores (PostgreSQL's integer columns are 32-bit).
+MIN_INT32, MAX_INT32 = -(2**31), 2**31 - 1
+#: More retries than this would overflow the backoff (``retry_backoff * 2**(attempt-1)``).
+MAX_RETRIES = 1000
+#: The longest duration an option or argument may give (seconds): 10,000 years. Longer ones
+#: overflow PostgreSQL's intervals or the event loop's clock arithmetic.
+MAX_DURATION = 10_000 * 365.25 * 86_400
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_priority(priority: object) -> None:
+    if not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, got {type(priority).__name__}")
+    if not MIN_INT32 <= priority <= MAX_INT32:
+        raise ValueError(f"priority must be from {MIN_INT32} to {MAX_INT32} (32 bits), got {priority}")
+
+
+def check_text(value: object, field: str, *, empty_ok: bool = False) -> str:
+    """``value`` if it is a string every broker can store as a task's ``field`` (task name,
+    queue, unique key); else TypeError or ValueError naming the field."""
+    if not isinstance(value, str) or not (value or empty_ok):
+        raise TypeError(f"{field} must be a {'' if empty_ok else 'non-empty '}string, got {value!r}")
+    if "\x00" in value:
+        raise ValueError(f"{field} {value!r} contains a NUL character (\\x00), which PostgreSQL "
+                         "cannot store; it is refused on every broker alike")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{field} {value!r} is not valid Unicode text (it contains a lone "
+                             "surrogate); it is refused on every broker alike") from None
+    return value
 
 
 def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: str = "default",

@@ -28,6 +28,7 @@ from ..records import (
     storable_text,
     utc_from_timestamp,
 )
+from ..serialization import loads
 
 
 @dataclass(frozen=True)
@@ -235,10 +236,10 @@ def record_from_row(row: dict[str, Any]) -> TaskRecord:
 
 
 def _loads_or_raw(text: Any) -> Any:
-    """Decode stored JSON; a payload that is not JSON, or nested too deeply for ``json`` to
-    decode here, is returned as the raw text (a record stays readable whatever it holds)."""
+    """Decode stored JSON; a payload that is not JSON, or nested too deeply to decode at all, is
+    returned as the raw text (a record stays readable whatever it holds)."""
     try:
-        return json.loads(text)
+        return loads(text)
     except (TypeError, ValueError, RecursionError):
         return text
 
