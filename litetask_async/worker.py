@@ -382,7 +382,8 @@ class Worker:
         if task is not None and retry and c.attempts < c.max_attempts and (
                 task.retry_on is None or isinstance(exc, (Retry, *task.retry_on))):
             if delay is None:
-                delay = task.retry_backoff * (2 ** (c.attempts - 1)) * random.uniform(0.5, 1.0)
+                # capped exponent: attempts given back (shutdowns) can push it past float range
+                delay = task.retry_backoff * (2.0 ** min(c.attempts - 1, 64)) * random.uniform(0.5, 1.0)
             self._retry_due.append(time.monotonic() + delay)
             log.info("task %s (%s) failed on attempt %d, retrying in %.2fs: %s: %s",
                      c.id, c.name, c.attempts, delay, type_name, message)

@@ -328,6 +328,22 @@ async def test_nul_in_ids_and_filters_is_a_clear_answer_not_a_server_error(app: 
         assert (await c.get(f"/tasks/{tid}")).status_code == 200
 
 
+async def test_a_payload_too_deep_to_decode_still_renders(app: LiteTask) -> None:
+    """A stored payload json cannot decode stays raw text in the record; the pages show it."""
+    from litetask_async.records import NewTask
+
+    t = jobs.register(app)
+    deep = "[" * 5_000 + "]" * 5_000
+    b = await app.broker()
+    [tid] = await b.enqueue([NewTask(id=uuid.uuid4().hex, name=t["aadd"].name,
+                                     args_json=f"[{deep},1]", kwargs_json=f'{{"b": {deep}}}')])
+    async with client(app.dashboard(token=TOKEN)) as c:
+        for path in ("/tasks", f"/tasks/{tid}", f"/tasks/{tid}/live", "/"):
+            r = await c.get(path)
+            assert r.status_code == 200, (path, r.status_code)
+        assert tid in linked_task_ids((await c.get("/tasks")).text)
+
+
 async def test_postgres_refusing_the_role_or_database_is_a_503(postgres_server_url: str) -> None:
     from sqlalchemy.engine import make_url
 

@@ -107,9 +107,13 @@ def fmt_json(value: Any, limit: int = 200_000) -> str:
 
 def call_preview(rec: TaskRecord, limit: int = 90) -> str:
     """``1, 'x', key=2`` as a one-line preview of a call's arguments."""
-    parts = [json.dumps(a, ensure_ascii=False, default=str) for a in rec.args]
-    parts += [f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in rec.kwargs.items()]
-    text = ", ".join(parts)
+    if not isinstance(rec.args, list) or not isinstance(rec.kwargs, dict):
+        # a stored payload that could not be decoded is kept as its raw text
+        text = f"{rec.args!s}, {rec.kwargs!s}"
+    else:
+        parts = [json.dumps(a, ensure_ascii=False, default=str) for a in rec.args]
+        parts += [f"{k}={json.dumps(v, ensure_ascii=False, default=str)}" for k, v in rec.kwargs.items()]
+        text = ", ".join(parts)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
