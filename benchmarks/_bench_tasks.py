@@ -66,6 +66,11 @@ def record_start_sync() -> float:
     return time.time()
 
 
+def plain_noop() -> None:
+    """The same no-op as a bare function, for the plain ProcessPoolExecutor yardstick."""
+    return None
+
+
 def make_app(url: str) -> tuple[LiteTask, dict[str, Any]]:
     """A fresh app on ``url`` with the benchmark tasks registered under the same names.
 
@@ -88,7 +93,7 @@ def worker_main() -> None:
     if len(sys.argv) > 2:
         from litetask_async.brokers.sqlite import SQLiteBroker
 
-        SQLiteBroker.poll_interval = float(sys.argv[2])
+        SQLiteBroker.poll_interval = SQLiteBroker.slow_poll_interval = float(sys.argv[2])
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return

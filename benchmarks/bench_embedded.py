@@ -509,6 +509,61 @@ def bench_latency(backend: Backend, n: int, poll: float | None = None, prefix: s
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def bench_idle_cpu(backend: Backend, seconds: float = 5.0) -> dict[str, float]:
+    """CPU used by an idle SQLite worker process (waiting for work), in % of one core."""
+    url = backend.url("idle")
+
+    async def create() -> None:
+        app, _tasks = T.make_app(url)
+        await app.broker()
+        await app.aclose()
+
+    asyncio.run(create())
+    wp = WorkerProcess(url)
+    try:
+        wp.wait_ready()
+        wp.go()
+        time.sleep(1.0)  # past its start-up
+        wp.check()
+        c0, t0 = _cpu_seconds(wp.proc.pid), time.monotonic()
+        time.sleep(seconds)
+        wp.check()
+        used = _cpu_seconds(wp.proc.pid) - c0
+        return {"idle_worker_cpu_pct": 100 * used / (time.monotonic() - t0)}
+    finally:
+        wp.stop()
+
+
+def bench_plain_process_pool(n: int, processes: int = 2, in_flight: int = CONCURRENCY) -> dict[str, float]:
+    """The yardstick for the pool rows: no-op functions through a plain ``ProcessPoolExecutor``
+    (spawn, ``processes`` processes, ``in_flight`` submitted at a time from asyncio)."""
+    import concurrent.futures
+    import multiprocessing
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as ex:
+            await asyncio.gather(*[loop.run_in_executor(ex, T.plain_noop) for _ in range(2 * processes)])
+            sem = asyncio.Semaphore(in_flight)
+
+            async def one() -> None:
+                async with sem:
+                    await loop.run_in_executor(ex, T.plain_noop)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*[one() for _ in range(n)])
+            return n / (time.perf_counter() - t0)
+
+    return {"plain_process_pool_per_s": asyncio.run(run())}
+
+
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
@@ -532,6 +587,8 @@ def run_litetask(kind: str, workdir: str, n: int, n_latency: int,
     if kind == "sqlite":
         steps.append(("latency, 2 ms poll", lambda: bench_latency(
             backend, n_latency, poll=FASTPOLL_S, prefix="latency_fastpoll")))
+        steps.append(("idle worker CPU", lambda: bench_idle_cpu(backend)))
+        steps.append(("plain ProcessPoolExecutor", lambda: bench_plain_process_pool(n)))
     for label, step in steps:
         t0 = time.perf_counter()
         out.update(step())
@@ -601,6 +658,7 @@ ROWS: list[tuple[str, str | None, str]] = [
     ("result_lag_async_p50_ms", None, "ms"),
     ("result_lag_pool_p50_ms", None, "ms"),
     ("result_lag_pool_p95_ms", None, "ms"),
+    ("idle_worker_cpu_pct", None, "info"),
 ]
 
 SAME_DURABILITY_ROWS = [
@@ -646,6 +704,15 @@ def render_table(lt_sqlite: dict[str, float], lt_memory: dict[str, float],
         rows.append((metric, _fmt(a), _fmt(m), _fmt(h), _ratio(a, h, kind)))
     return ("ratio* = litetask sqlite / huey for rates, huey / litetask sqlite for latencies "
             "(_ms rows): >1 means litetask is better\n" + _table(head, rows))
+
+
+def render_pool_yardstick(lt_sqlite: dict[str, float]) -> str:
+    head = ("process pool vs plain ProcessPoolExecutor (2 processes, 10 in flight)",
+            "litetask sqlite", "plain pool", "ratio")
+    plain = lt_sqlite.get("plain_process_pool_per_s")
+    rows = [(m, _fmt(lt_sqlite.get(m)), _fmt(plain), _ratio(lt_sqlite.get(m), plain, "rate"))
+            for m in ("process_noop_pool_per_s", "process_noop_pool_after_startup_per_s")]
+    return _table(head, rows)
 
 
 def render_same_durability(lt_sqlite: dict[str, float], huey_normal: dict[str, float]) -> str:
@@ -736,6 +803,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if huey_normal:
         print()
         print(render_same_durability(lt_sqlite, huey_normal))
+    print()
+    print(render_pool_yardstick(lt_sqlite))
     print(NOTES)
     result = {"env": env, "params": {"n": args.n, "n_latency": args.n_latency,
                                      "concurrent": CONCURRENT_ENQUEUES, "concurrency": CONCURRENCY,

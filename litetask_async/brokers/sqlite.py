@@ -7,8 +7,10 @@ does not undo the others. 1,000 concurrent enqueues cost a handful of commits.
 
 Reads: an aiosqlite connection per event loop (WAL lets readers run beside the writer).
 
-Wake-ups across processes: ``PRAGMA data_version`` changes whenever another connection commits;
-an idle worker polls it (a cheap read that touches no table) and only then looks for due tasks.
+Wake-ups across processes: after a commit that makes work due, the writer pokes every idle
+worker of the file through a Unix datagram socket (:mod:`.sqlite_wake`). As a safety net an idle
+worker also polls ``PRAGMA data_version`` (which changes whenever another connection commits; a
+cheap read that touches no table), slowly when its socket works and every 20 ms when it has none.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .base import (
     worker_from_row,
     worker_lost_error,
 )
+from .sqlite_wake import WakeListener, WakeSender
 
 log = logging.getLogger("litetask_async.sqlite")
 
@@ -98,6 +101,7 @@ class SQLiteWriter:
         self.ready = concurrent.futures.Future[None]()  # resolved once the schema is in place
         self.stopped = concurrent.futures.Future[None]()  # resolved once the connection is closed
         self.commits = 0  # how many transactions were committed (for benchmarks and tests)
+        self._waker = WakeSender(path)
         self._closing = threading.Lock()
         self._closed = False
         self._thread.start()
@@ -173,6 +177,7 @@ class SQLiteWriter:
         if late:
             self._run_batch(conn, late)
         conn.close()
+        self._waker.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
@@ -206,6 +211,8 @@ class SQLiteWriter:
                 fut.set_exception(error)
             else:
                 fut.set_result(value)
+        if any(_makes_work(fn, args) for fn, args, _fut in batch):
+            self._waker.poke()
 
 
 class _Shared:
@@ -443,6 +450,13 @@ def _op_finish(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[st
     return applied
 
 
+def _makes_work(fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+    """Whether a committed write may have made a task due that an idle worker should claim."""
+    if fn is _op_finish:
+        return any(o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in args[0])
+    return fn in (_op_insert, _op_requeue_stalled, _op_retry, _op_enqueue_tick)
+
+
 def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate], worker_id: str) -> None:
     now = time.time()
     conn.executemany(sql.UPDATE_PROGRESS, [
@@ -476,6 +490,9 @@ class SQLiteBroker(Broker):
     """Broker over one SQLite file; see the module docstring for the design."""
 
     poll_interval = 0.02
+    #: How often an idle worker with a wake-up socket still checks ``data_version`` (a safety
+    #: net for writers that do not poke, such as another program writing the file).
+    slow_poll_interval = 0.5
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -486,6 +503,8 @@ class SQLiteBroker(Broker):
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
         self._coalesced: list[_Op] = []
+        self._listener: WakeListener | None = None
+        self._woken: asyncio.Event | None = None
 
     @property
     def writer(self) -> SQLiteWriter:
@@ -521,6 +540,9 @@ class SQLiteBroker(Broker):
         self._writer = sh.writer
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         sh, self._shared = self._shared, None
         self._writer = self._reader = None
         if sh is not None:
@@ -669,7 +691,16 @@ class SQLiteBroker(Broker):
 
     async def wait_for_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        if self._woken is None:  # the first wait: this process is a worker, so listen
+            self._woken = asyncio.Event()
+            listener = WakeListener(self.path)
+            if listener.open(asyncio.get_running_loop(), self._woken.set):
+                self._listener = listener
+        poll = self.poll_interval if self._listener is None else self.slow_poll_interval
         while True:
+            if self._woken.is_set():
+                self._woken.clear()
+                return
             async with self.reader.execute(sql.DATA_VERSION) as cur:
                 row = await cur.fetchone()
             version = row[0] if row else None
@@ -683,4 +714,5 @@ class SQLiteBroker(Broker):
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            await asyncio.sleep(min(self.poll_interval, left))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), min(poll, left))
