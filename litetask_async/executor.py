@@ -231,6 +231,7 @@ class _Slot:
     job: _Job | None = None
     dead: bool = False
     killed: bool = False  # SIGKILL sent: no new job for it
+    started_any: bool = False  # it reported starting a job (so it did boot)
     jobs_done: int = 0
 
 
@@ -255,7 +256,7 @@ class ProcessRunner:
         self._slots: list[_Slot] = []
         self._waiting: collections.deque[_Job] = collections.deque()
         self._closed = False
-        self._early_deaths = 0  # processes that died before finishing any job, in a row
+        self._early_deaths = 0  # processes that died before starting any job, in a row
         self._respawn: asyncio.TimerHandle | None = None
         self.deaths = 0
 
@@ -377,7 +378,10 @@ class ProcessRunner:
             os.close(slot.exit_fd)
         self._slots.remove(slot)
         self.deaths += 1
-        self._early_deaths = 0 if slot.jobs_done else self._early_deaths + 1
+        if slot.started_any or slot.killed:
+            self._early_deaths = 0
+        else:
+            self._early_deaths += 1
         job, slot.job = slot.job, None
         if job is not None and not job.future.done():
             if job.kill_reason is not None:
@@ -396,10 +400,19 @@ class ProcessRunner:
                     self._waiting.appendleft(job)
         if self._closed:
             return
+        how = _describe_exit(exitcode).removeprefix("the task's process ")
         if job is None or job.kill_reason is None:
-            log.warning("pool process %d %s", slot.pid, _describe_exit(exitcode).removeprefix("the task's process "))
+            log.warning("pool process %d %s", slot.pid, how)
+        if self._early_deaths >= MAX_HANDOVERS:
+            # Every new process dies before it can start a task (its start-up fails, say the
+            # main module cannot be imported again under spawn): fail what waits, do not spin.
+            why = (f"{self._early_deaths} pool processes in a row {how} before starting any task; "
+                   "see the worker's log for why they fail to start")
+            for waiting in self._waiting:
+                if not waiting.future.done():
+                    waiting.future.set_exception(ProcessDied(why))
+            self._waiting.clear()
         if self._early_deaths >= 3:
-            # Processes die before doing any work (a crash at import?): do not spin.
             delay = min(0.1 * 2 ** (self._early_deaths - 3), 5.0)
             self._respawn = loop.call_later(delay, self._respawn_now)
             return
@@ -510,13 +523,13 @@ class ProcessRunner:
         if job is None or job.task_id != task_id:
             return
         if kind == "start":
+            slot.started_any = True
             job.pid = value
             job.started.set()
             self._on_pid(task_id, value)
             return
         slot.job = None
         slot.jobs_done += 1
-        self._early_deaths = 0
         if not job.future.done():
             if kind == "result":
                 job.future.set_result(value)

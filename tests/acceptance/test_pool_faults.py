@@ -210,3 +210,46 @@ def test_sigterm_to_the_whole_process_group_lets_pool_tasks_finish(tmp_path: Pat
     assert code == 0, (tmp_path / "w.log").read_text()[-3000:]
     assert rec is not None and rec.status is TaskStatus.COMPLETED, rec
     assert effects(fx) == {1: 1}
+
+
+BOOT_FAILS = """
+import asyncio, contextlib, os, sys
+from litetask_async import LiteTask
+
+app = LiteTask(sys.argv[1])
+
+
+@app.task
+def square(x: int) -> int:
+    return x * x
+
+
+async def main() -> None:
+    ids = [square.delay(i) for i in range(5)]
+    worker = asyncio.create_task(app.run_worker(concurrency=5, processes=2))
+    for tid in ids:
+        rec = await app.wait(tid, 60)
+        print(rec.status, rec.error["type"], rec.error["message"], flush=True)
+    worker.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
+
+
+if __name__ == "__main__":
+    # spawn re-runs this file in every pool process: without it, each one fails at start-up
+    os.unlink(__file__)
+    asyncio.run(main())
+"""
+
+
+def test_pool_processes_failing_at_start_up_fail_the_tasks_instead_of_looping(tmp_path: Path) -> None:
+    script = tmp_path / "boot_fails.py"
+    script.write_text(BOOT_FAILS)
+    out = subprocess.run([sys.executable, str(script), f"sqlite:///{tmp_path / 'tasks.db'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5, out.stdout
+    for line in lines:
+        assert line.startswith("failed ProcessDied") and "before starting any task" in line, line
+    assert "FileNotFoundError" in out.stderr  # the pool processes' own report, in the worker's log
