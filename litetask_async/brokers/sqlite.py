@@ -104,7 +104,36 @@ class SQLiteWriter:
         self._waker = WakeSender(path)
         self._closing = threading.Lock()
         self._closed = False
+        self._conn: sqlite3.Connection | None = None
+        # Held while a transaction runs on the connection: by the writer thread, or by a lone
+        # synchronous caller that found the writer idle (run_now).
+        self._busy = threading.Lock()
         self._thread.start()
+
+    def run_now(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T] | None:
+        """Run one write on the calling thread if the writer is idle; None if it is busy.
+
+        For a synchronous caller (``delay()`` outside an event loop) with nobody to share a
+        commit with: the hand-off to the writer thread and back would cost more than the write.
+        Under contention the caller gets None and queues the write (group commit). Never call it
+        from an event loop: the write may wait for another process's lock.
+        """
+        conn = self._conn
+        if conn is None or not self._queue.empty() or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            if self._closed or self._conn is None:
+                return None
+            fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+            self._run_batch(conn, [(fn, args, fut)])
+            return fut
+        finally:
+            self._busy.release()
+
+    @property
+    def alive(self) -> bool:
+        """False once the writer has stopped (a new one must be made for the file)."""
+        return self._thread.is_alive()
 
     def submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         """Queue one write; the future resolves once its transaction committed."""
@@ -146,6 +175,7 @@ class SQLiteWriter:
             self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
             return
+        self._conn = conn
         self.ready.set_result(None)
         stop = False
         while not stop:
@@ -162,7 +192,8 @@ class SQLiteWriter:
                     stop = True
                     break
                 batch.extend(nxt)
-            self._run_batch(conn, batch)
+            with self._busy:
+                self._run_batch(conn, batch)
         # Writes queued after the stop request (a racing submit) are still carried out.
         with self._closing:
             self._closed = True
@@ -174,17 +205,27 @@ class SQLiteWriter:
                 break
             if item is not None:
                 late.extend(item)
-        if late:
-            self._run_batch(conn, late)
-        conn.close()
+        with self._busy:
+            if late:
+                self._run_batch(conn, late)
+            self._conn = None
+            conn.close()
         self._waker.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
+            alone = len(batch) == 1  # no neighbour to protect: no savepoint
             for fn, args, fut in batch:
                 if not fut.set_running_or_notify_cancel():
+                    continue
+                if alone:
+                    try:
+                        results.append((fut, fn(conn, *args), None))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK")
+                        results.append((fut, None, exc))
                     continue
                 conn.execute("SAVEPOINT op")
                 try:
@@ -194,8 +235,9 @@ class SQLiteWriter:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((fut, None, exc))
-            _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
-            self.commits += 1
+            if conn.in_transaction:
+                _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
+                self.commits += 1
         except Exception as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -240,7 +282,7 @@ def _acquire(path: str, busy_ms: int, count: bool = True) -> _Shared:
     key = (os.getpid(), path)
     with _shared_lock:
         sh = _shared.get(key)
-        if sh is None or not sh.writer._thread.is_alive():
+        if sh is None or not sh.writer.alive:
             sh = _shared[key] = _Shared(path, busy_ms)
         sh.users += count
         return sh
@@ -291,12 +333,17 @@ def busy_timeout_ms(url: str) -> int:
 
 def enqueue_blocking(path: str, busy_ms: int, tasks: Sequence[NewTask]) -> list[str]:
     """Insert from any thread without an event loop: through the process's writer thread."""
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise ConfigurationError(f"cannot open SQLite database {path!r}: directory {str(parent)!r} does not exist")
-    writer = _acquire(path, busy_ms, count=False).writer
+    sh = _shared.get((os.getpid(), path))
+    if sh is None or not sh.writer.ready.done() or not sh.writer.alive:
+        parent = Path(path).parent
+        if not parent.is_dir():
+            raise ConfigurationError(f"cannot open SQLite database {path!r}: directory {str(parent)!r} does not exist")
+        sh = _acquire(path, busy_ms, count=False)
+    writer = sh.writer
     writer.ready.result()
-    return writer.submit(_op_insert, tasks, time.time()).result()
+    now = time.time()
+    fut = writer.run_now(_op_insert, tasks, now) or writer.submit(_op_insert, tasks, now)
+    return fut.result()
 
 
 def path_from_url(url: str) -> str:

@@ -17,11 +17,14 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("litetask_async.sqlite")
 
 _MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with its terminating NUL
+# How often a sender looks for workers that started or stopped listening (one stat).
+RECHECK_S = 0.1
 
 
 def wake_dir(db_path: str) -> str:
@@ -86,19 +89,27 @@ class WakeSender:
         self._sock: socket.socket | None = None
         self._targets: list[str] = []
         self._seen_mtime: int | None = None
+        self._checked = -RECHECK_S
 
     def poke(self) -> None:
         """Send one byte to each listening worker; never blocks, never raises."""
-        try:
-            mtime = os.stat(self.directory).st_mtime_ns
-        except OSError:
-            return  # no worker has ever listened here
-        if mtime != self._seen_mtime:  # a socket came or went: list them again
-            self._seen_mtime = mtime
+        now = time.monotonic()
+        if now - self._checked >= RECHECK_S:  # a worker started or stopped since? (a stat)
+            self._checked = now
             try:
-                self._targets = [e.path for e in os.scandir(self.directory) if e.name.endswith(".sock")]
+                mtime: int | None = os.stat(self.directory).st_mtime_ns
             except OSError:
-                return
+                mtime = None  # no worker has ever listened here
+            if mtime is None:
+                self._targets, self._seen_mtime = [], None
+            elif mtime != self._seen_mtime:
+                self._seen_mtime = mtime
+                try:
+                    self._targets = [e.path for e in os.scandir(self.directory) if e.name.endswith(".sock")]
+                except OSError:
+                    self._targets = []
+        if not self._targets:
+            return
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)

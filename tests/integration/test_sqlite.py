@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from litetask_async import ConfigurationError, LiteTask
+from litetask_async import ConfigurationError, LiteTask, TaskStatus
 from litetask_async.brokers.sqlite import writer_for
 from tests import jobs
+from tests.conftest import running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +64,32 @@ async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     app = LiteTask(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
     with pytest.raises(ConfigurationError, match="does not exist"):
         await app.broker()
+
+
+async def test_a_database_of_an_older_schema_is_migrated_with_its_tasks(tmp_path: Path) -> None:
+    """A file at schema version 5 (before the status index was dropped) opens, migrates, and
+    keeps its tasks, which run and list as before."""
+    from litetask_async.brokers import sqlite_sql as sql
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql.CREATE_META)
+        for version in range(1, 6):
+            for statement in sql.MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute(sql.SET_VERSION, ("5",))
+        conn.execute("INSERT INTO litetask_tasks (id, name, args, kwargs, created_at, run_at) "
+                     "VALUES ('old1', 'tests.jobs.aadd', '[1, 2]', '{}', 1.0, 1.0)")
+    app = LiteTask(f"sqlite:///{db}")
+    try:
+        jobs.register(app)
+        async with running_worker(app):
+            rec = await app.wait("old1", 20)
+        assert rec.status is TaskStatus.COMPLETED and rec.result == 3
+        assert [r.id for r in await app.list_tasks(status="completed")] == ["old1"]
+    finally:
+        await app.aclose()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(sql.GET_SCHEMA_VERSION).fetchone()[0] == str(sql.LATEST_VERSION)
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "litetask_tasks_status_seq" not in names and "litetask_tasks_pending" in names
