@@ -349,37 +349,6 @@ async def test_cancelling_the_worker_task_stops_it_at_once(app: LiteTask) -> Non
     assert rec is not None and rec.status is TaskStatus.PENDING  # put back, not lost
 
 
-async def test_async_task_exiting_fails_that_attempt_only(app: LiteTask) -> None:
-    """sys.exit(), KeyboardInterrupt or GeneratorExit in an async task's body end its attempt, as
-    in a pool process; the worker and the tasks beside it go on."""
-    t = jobs.register(app)
-    async with running_worker(app, concurrency=6) as w:
-        ids = [await t["exit_async"].adelay(5), await t["exit_async_timeout"].adelay(6),
-               await t["raise_base_async"].adelay("KeyboardInterrupt"),
-               await t["raise_base_async"].adelay("GeneratorExit")]
-        slow = [await t["sleep_async"].adelay(0.5) for _ in range(2)]
-        recs = [await app.wait(i, 20) for i in ids]
-        later = await app.wait(await t["aadd"].adelay(1, 2), 20)
-        slow_recs = [await app.wait(i, 20) for i in slow]
-        assert not w._stopping.is_set()
-    assert [(r.status, r.error and r.error["type"], r.error and r.error["message"]) for r in recs] == [
-        (TaskStatus.FAILED, "SystemExit", "5"), (TaskStatus.FAILED, "SystemExit", "6"),
-        (TaskStatus.FAILED, "KeyboardInterrupt", ""), (TaskStatus.FAILED, "GeneratorExit", "")]
-    assert all(r.status is TaskStatus.COMPLETED for r in slow_recs)
-    assert later.status is TaskStatus.COMPLETED and later.result == 3
-
-
-async def test_exception_whose_str_raises_keeps_its_type_and_traceback(app: LiteTask) -> None:
-    t = jobs.register(app)
-    async with running_worker(app):
-        recs = [await app.wait(await t[n].adelay(), 20) for n in ("bad_str_pool", "bad_str_async")]
-    for rec, fn in zip(recs, ("bad_str_pool", "bad_str_async"), strict=True):
-        assert rec.status is TaskStatus.FAILED and rec.error is not None
-        assert rec.error["type"] == "BadStrError", rec.error
-        assert "str() failed" in rec.error["message"]
-        assert f"in {fn}" in rec.error["traceback"] and "BadStrError" in rec.error["traceback"]
-
-
 async def test_pool_task_started_at_is_when_its_body_starts(app: LiteTask) -> None:
     """With one pool process, a second pool task is claimed at once but starts a second later:
     its started_at and pid are those of the real start, not of the claim."""
