@@ -533,6 +533,11 @@ def _op_cancel(conn: sqlite3.Connection, task_id: str) -> bool:
     return False
 
 
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class SQLiteBroker(Broker):
     """Broker over one SQLite file; see the module docstring for the design."""
 
@@ -550,6 +555,7 @@ class SQLiteBroker(Broker):
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
         self._coalesced: list[_Op] = []
+        self._group: asyncio.Future[None] | None = None
         self._listener: WakeListener | None = None
         self._woken: asyncio.Event | None = None
 
@@ -603,21 +609,43 @@ class SQLiteBroker(Broker):
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write in the writer thread. Writes issued in the same turn of this event loop
-        (say, 1,000 ``adelay()`` under ``gather``) are handed over together and share a commit."""
+        (say, 1,000 ``adelay()`` under ``gather``) are handed over together, share a commit, and
+        come back with one wake-up of the loop for all of them."""
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         if not self._coalesced:
-            asyncio.get_running_loop().call_soon(self._hand_over)
+            loop = asyncio.get_running_loop()
+            self._group = loop.create_future()
+            loop.call_soon(self._hand_over, loop)
         self._coalesced.append((fn, args, fut))
-        return await asyncio.wrap_future(fut)
+        group = self._group
+        assert group is not None
+        try:
+            await asyncio.shield(group)
+            if not fut.done():  # the last op was cancelled by its caller: this one is not there yet
+                return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            fut.cancel()  # skipped by the writer unless it already runs
+            raise
+        return fut.result()
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         ops, self._coalesced = self._coalesced, []
+        group, self._group = self._group, None
+        assert group is not None
         if self._writer is None:
             for _fn, _args, fut in ops:
                 if not fut.done():
                     fut.set_exception(BrokerUnavailable("the SQLite broker was closed"))
+            group.set_result(None)
             return
+
+        def resolved(_: object) -> None:  # in the writer thread, once every op has its outcome
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                loop.call_soon_threadsafe(_set_done, group)
+
         self._writer.submit_ops(ops)
+        # The writer resolves a hand-over's futures in order, so the last one is resolved last.
+        ops[-1][2].add_done_callback(resolved)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
         return await self._write(_op_insert, tasks, time.time())
