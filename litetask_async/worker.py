@@ -137,7 +137,11 @@ class Worker:
             self.grace_period = 0
             for r in self._running.values():
                 self._interrupt(r, "shutdown")
+        self._stop_claiming()
+
+    def _stop_claiming(self) -> None:
         self._stopping.set()
+        self._slot_freed.set()  # the claim loop may be waiting for a free slot
 
     async def run(self) -> None:
         """Run until stopped; returns once running tasks are finished or put back."""
@@ -181,7 +185,7 @@ class Worker:
                 if not t.cancelled() and t.exception() is not None:
                     crashed = t.exception()
                     log.error("worker side task %r crashed: %r; stopping", t.get_name(), crashed)
-            self._stopping.set()
+            self._stop_claiming()
             with contextlib.suppress(asyncio.CancelledError):
                 await claimer
             await self._drain()
@@ -195,7 +199,7 @@ class Worker:
             for t in side:
                 t.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-            self._stopping.set()
+            self._stop_claiming()
             self._flush_wanted.set()
             if not flusher.done():
                 await self._final_flush(flusher)
@@ -230,7 +234,9 @@ class Worker:
             free = self.concurrency - len(self._running)
             if free <= 0:
                 self._slot_freed.clear()
-                await self._wait_any(self._slot_freed.wait())
+                await self._slot_freed.wait()  # stop() sets it too
+                # let the other tasks finishing in this turn free their slots: one bigger claim
+                await asyncio.sleep(0)
                 continue
             try:
                 claimed = await broker.claim(self.id, self.pid, free, self.queues)
