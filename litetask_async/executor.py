@@ -230,6 +230,7 @@ class _Slot:
     out: bytearray = field(default_factory=bytearray)
     job: _Job | None = None
     dead: bool = False
+    is_pidfd: bool = False  # exit_fd is a pidfd: signals go through it, never to a reused pid
     killed: bool = False  # SIGKILL sent: no new job for it
     started_any: bool = False  # it reported starting a job (so it did boot)
     jobs_done: int = 0
@@ -322,8 +323,7 @@ class ProcessRunner:
             await asyncio.sleep(0.01)
         for slot in list(self._slots):
             if not slot.dead:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGKILL)
+                _sigkill(slot)
         deadline = time.monotonic() + 5.0
         while any(not s.dead for s in self._slots) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -351,10 +351,11 @@ class ProcessRunner:
             msgs_w.close()
         assert proc.pid is not None
         try:
-            exit_fd = os.pidfd_open(proc.pid)
+            exit_fd, is_pidfd = os.pidfd_open(proc.pid), True
         except (AttributeError, OSError):
-            exit_fd = os.dup(proc.sentinel)
-        slot = _Slot(proc, proc.pid, jobs_w.fileno(), msgs_r.fileno(), exit_fd, jobs_w, msgs_r)
+            exit_fd, is_pidfd = os.dup(proc.sentinel), False
+        slot = _Slot(proc, proc.pid, jobs_w.fileno(), msgs_r.fileno(), exit_fd, jobs_w, msgs_r,
+                     is_pidfd=is_pidfd)
         os.set_blocking(slot.jobs_fd, False)
         os.set_blocking(slot.messages_fd, False)
         loop.add_reader(slot.messages_fd, self._read, slot)
@@ -433,9 +434,7 @@ class ProcessRunner:
         slot = job.slot
         if slot is not None and not slot.dead and slot.job is job:
             slot.killed = True
-            # Not reaped until the pidfd says it exited, so this pid cannot be reused meanwhile.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(slot.pid, signal.SIGKILL)
+            _sigkill(slot)
 
     # --- jobs to children ---
 
@@ -538,6 +537,17 @@ class ProcessRunner:
                 job.future.set_exception(
                     ChildError(type_name, message, tb, _unpickle_exception(original), slot.pid))
         self._dispatch()
+
+
+def _sigkill(slot: _Slot) -> None:
+    """Kill the slot's process. Through its pidfd where there is one: multiprocessing may reap
+    a dead child (when it starts another) before the worker hears of the death, and a plain
+    ``kill(pid)`` could then hit an unrelated process that reused the pid."""
+    with contextlib.suppress(ProcessLookupError):
+        if slot.is_pidfd:
+            signal.pidfd_send_signal(slot.exit_fd, signal.SIGKILL)
+        else:
+            os.kill(slot.pid, signal.SIGKILL)
 
 
 def _unpickle_exception(data: bytes | None) -> BaseException | None:
