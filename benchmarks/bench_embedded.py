@@ -731,9 +731,11 @@ rows, a 32-thread enqueue for enqueue_concurrent, a thread worker x1 for process
 one forked worker process for the pool rows; its commits are 1 per enqueue by its code (not
 counted). huey's defaults leave synchronous=FULL (an fsync per commit), litetask uses NORMAL:
 see the second table for huey at NORMAL. latency: huey's default poll (100 ms first delay) vs
-litetask's 20 ms data_version poll; *_fastpoll: huey at 1-5 ms vs litetask at 2 ms. latency_pool
+litetask's socket wake-up; *_fastpoll: huey at 1-5 ms vs litetask polling at 2 ms too. latency_pool
 and result_lag_*: litetask only (plain-def probe; time from a task's start until its outcome is
-stored). process_pool_startup_s: worker start to first pool task body (spawning the pool)."""
+stored). process_pool_startup_s: worker start to first pool task body (spawning the pool).
+idle_worker_cpu_pct: an idle SQLite worker process over 5 s. The last table compares the pool
+rows with a plain ProcessPoolExecutor (spawn, same 2 processes, 10 in flight) in the same run."""
 
 
 def _git_state() -> dict[str, Any]:
