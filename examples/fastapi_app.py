@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Response, status
+from fastapi import Depends, FastAPI, HTTPException, Response, status
 from pydantic import BaseModel, Field
 
 from litetask_async import LiteTask, TaskNotFound, TaskProgress, TaskRecord, TaskStatus
@@ -128,13 +126,11 @@ def _status(rec: TaskRecord) -> ReportStatus:
     )
 
 
-@asynccontextmanager
-async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    yield
-    await tasks.aclose()  # close this event loop's database connection
+# Opens the task database at start-up and closes it at shutdown.
+app = FastAPI(title="litetask_async reports", lifespan=tasks.lifespan)
 
-
-app = FastAPI(title="litetask_async reports", lifespan=lifespan)
+# Handlers get the task app as a dependency (handy to swap it in tests).
+Tasks = Annotated[LiteTask, Depends(tasks.dependency)]
 
 
 @app.post("/reports", status_code=status.HTTP_202_ACCEPTED)
@@ -144,7 +140,7 @@ async def create_report(request: ReportRequest) -> TaskCreated:
 
 
 @app.get("/reports/{task_id}")
-async def get_report(task_id: str) -> ReportStatus:
+async def get_report(task_id: str, tasks: Tasks) -> ReportStatus:
     rec = await tasks.get_task(task_id)
     if rec is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no report task {task_id}")
@@ -153,7 +149,7 @@ async def get_report(task_id: str) -> ReportStatus:
 
 @app.delete("/reports/{task_id}", status_code=status.HTTP_202_ACCEPTED,
             responses={404: {"description": "unknown task"}, 409: {"description": "already finished"}})
-async def cancel_report(task_id: str, response: Response) -> CancelAnswer:
+async def cancel_report(task_id: str, response: Response, tasks: Tasks) -> CancelAnswer:
     try:
         cancelled = await tasks.cancel(task_id)
     except TaskNotFound:

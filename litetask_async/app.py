@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 import os
 import threading
@@ -399,6 +400,29 @@ class LiteTask:
         b = self._brokers.pop(asyncio.get_running_loop(), None)
         if b is not None:
             await b.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _web_app: object = None) -> AsyncIterator[None]:
+        """Tie this app to a web app's lifetime; the FastAPI / Starlette one-liner::
+
+            api = FastAPI(lifespan=tasks.lifespan)
+
+        Opens the database at start-up (a wrong URL or a database that is down fails the start,
+        not the first request) and closes this event loop's connections at shutdown.
+        """
+        await self.broker()
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    def dependency(self) -> LiteTask:
+        """A FastAPI dependency that hands a handler this app::
+
+            @api.post("/reports")
+            async def create(tasks: Annotated[LiteTask, Depends(tasks.dependency)]) -> ...
+        """
+        return self
 
     # --- sync facade: one background event loop per app (and per process) ---
 

@@ -3,7 +3,8 @@
 - Every script runs as ``python examples/<script>.py`` in a fresh directory, exits 0 and prints the
   results it promises (checked on the text, not only the exit code).
 - The FastAPI app is driven through its ASGI app, with a real worker for the same SQLite file
-  running on the test's event loop.
+  running on the test's event loop; and as documented, behind uvicorn with a worker process,
+  over real HTTP.
 """
 
 from __future__ import annotations
@@ -242,3 +243,50 @@ async def test_fastapi_app(reports: ModuleType) -> None:
             assert body["status"] == "cancelled" and body["started_at"] is None, body
     finally:
         await reports.tasks.aclose()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_fastapi_app_behind_uvicorn_with_a_worker_process(tmp_path: Path) -> None:
+    """As documented: `uvicorn examples.fastapi_app:app` and `python -m examples.fastapi_app` (a
+    worker) in two processes on one SQLite file, driven over real HTTP."""
+    import os
+    import signal
+
+    env = {**os.environ, "LITETASK_URL": f"sqlite:///{tmp_path / 'reports.db'}", "PYTHONPATH": str(REPO)}
+    port = _free_port()
+    log = (tmp_path / "procs.log").open("wb")
+    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "examples.fastapi_app:app", "--port", str(port)],
+                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "examples.fastapi_app"], cwd=REPO, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 30
+            while True:  # until uvicorn listens
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/docs")).status_code == 200:
+                        break
+                assert time.monotonic() < deadline and api.poll() is None, (tmp_path / "procs.log").read_text()
+                await asyncio.sleep(0.1)
+            r = await client.post("/reports", json={"title": "Q4", "rows": 4, "seconds": 0.3})
+            assert r.status_code == 202, r.text
+            body = await poll(client, r.json()["task_id"], lambda b: b["status"] not in ("pending", "running"))
+            assert body["status"] == "completed" and body["result"]["total"] == 10, body
+            assert (await client.get("/reports/0123")).status_code == 404
+    finally:
+        for proc in (api, worker):
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(30) for proc in (api, worker)]
+        log.close()
+    text = (tmp_path / "procs.log").read_text()
+    # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
+    assert codes[0] in (0, -signal.SIGTERM) and codes[1] == 0, (codes, text[-3000:])
+    assert "Application shutdown complete" in text, text[-3000:]
