@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -446,6 +447,64 @@ def show(task_id: str, app_spec: str | None, url: str | None, as_json: bool) -> 
         echo_json(rec)
     else:
         click.echo(render_record(rec))
+
+
+def progress_line(rec: TaskRecord, width: int = 30) -> str:
+    """``[#########.....]  30%  running  step 3 of 10`` for the live view of ``wait``."""
+    filled = round(width * rec.progress / 100)
+    message = f"  {rec.status_message}" if rec.status_message else ""
+    return f"[{'#' * filled}{'.' * (width - filled)}] {rec.progress:3d}%  {rec.status.value}{message}"
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@app_options
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Give up after this many seconds (exit 2); default: wait as long as it takes.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=0.2, show_default=True,
+              help="Seconds between looks at the task.")
+@json_option
+def wait(task_id: str, app_spec: str | None, url: str | None, timeout: float | None, interval: float,
+         as_json: bool) -> None:
+    """Wait for a task to end, showing its progress bar and status line on stderr meanwhile.
+
+    Then prints the result (or, with --json, the whole record) and exits 0 if the task
+    completed, 1 if it failed or was cancelled (its error goes to stderr), 2 on --timeout.
+    """
+    _quiet_logging()
+    live = sys.stderr.isatty()
+    shown = ""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with opened(app_spec, url) as app:
+        while True:
+            rec = app.get_task_sync(task_id)
+            if rec is None:
+                not_found(task_id)
+            if rec.is_final:
+                break
+            line = progress_line(rec)
+            if line != shown:  # on a terminal, redrawn in place; in a log, a line per change
+                click.echo(f"\r\x1b[2K{line}" if live else line, nl=not live, err=True)
+                shown = line
+            if deadline is not None and time.monotonic() >= deadline:
+                if live:
+                    click.echo(err=True)
+                raise CommandError(f"timed out after {timeout:g}s; task {task_id} is still {rec.status.value}")
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
+    if live and shown:
+        click.echo(f"\r\x1b[2K{progress_line(rec)}", err=True)
+    elif not live:
+        click.echo(progress_line(rec), err=True)
+    if as_json:
+        echo_json(rec)
+    elif rec.status is TaskStatus.COMPLETED:
+        click.echo(pretty_value(rec.result))
+    if rec.status is not TaskStatus.COMPLETED:
+        if rec.error is not None and not as_json:
+            click.echo(_error_lines(rec.error), err=True)
+            if rec.error.get("traceback"):
+                click.echo(indent(str(rec.error["traceback"])), err=True)
+        sys.exit(EXIT_FAILURE)
 
 
 def render_logs(logs: Sequence[LogRecord]) -> str:

@@ -119,6 +119,7 @@ def test_parse_duration() -> None:
 DB_COMMANDS: list[tuple[str, ...]] = [
     ("list",), ("show", NO_SUCH_ID), ("logs", NO_SUCH_ID), ("cancel", NO_SUCH_ID), ("retry", NO_SUCH_ID),
     ("purge", "--older-than", "1d"), ("stats",), ("workers",), ("migrate",), ("dashboard", "--port", "1"),
+    ("wait", NO_SUCH_ID),
 ]
 
 
@@ -505,3 +506,44 @@ def test_dashboard_beyond_loopback_warns_and_takes_a_non_ascii_token(tmp_path: P
         assert watcher.get_task_sync(tid).status == "cancelled"  # type: ignore[union-attr]
     finally:
         watcher.close()
+
+
+def test_wait_shows_progress_then_prints_the_outcome(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'wait.db'}"
+    env = {"LITETASK_URL": url}
+    producer = textwrap.dedent(f"""
+        from tests.xproc_app import fail_once, stepper
+        print(stepper.delay(5, 0.4), stepper.delay(3, 0.1), fail_once.delay({str(tmp_path / "marker")!r}),
+              stepper.delay(5, 5.0))
+    """)
+    worker = start_worker(url, tmp_path / "w.log")
+    try:
+        r = subprocess.run([sys.executable, "-c", producer], cwd=ROOT, env=cli_env(env), capture_output=True,
+                           text=True, timeout=60, check=True)
+        slow, quick, failing, very_slow = r.stdout.split()
+
+        done = litetask("wait", slow, "--url", url, "--interval", "0.05")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "5"
+        lines = [line for line in done.stderr.splitlines() if line.startswith("[")]
+        percents = [int(line.split("]")[1].split("%")[0]) for line in lines]
+        assert percents == sorted(percents) and percents[-1] == 100, done.stderr
+        assert any(0 < p < 100 for p in percents), done.stderr  # it was seen moving
+        assert any("step 2 of 5" in line for line in lines), done.stderr
+        assert lines[-1].endswith("100%  completed  step 5 of 5"), lines[-1]
+
+        as_json = litetask("wait", quick, "--url", url, "--json")
+        assert as_json.returncode == 0 and json.loads(as_json.stdout)["status"] == "completed", as_json
+
+        failed = litetask("wait", failing, "--url", url)
+        assert failed.returncode == 1 and failed.stdout == "", failed
+        assert "RuntimeError: first run" in failed.stderr and "Traceback" in failed.stderr
+
+        timed_out = litetask("wait", very_slow, "--url", url, "--timeout", "0.5")
+        assert timed_out.returncode == 2, timed_out
+        assert "timed out after 0.5s" in timed_out.stderr and "still running" in timed_out.stderr
+
+        unknown = litetask("wait", NO_SUCH_ID, "--url", url)
+        assert unknown.returncode == 1 and "no task with id" in unknown.stderr, unknown
+    finally:
+        stop_worker(worker)

@@ -111,6 +111,15 @@ async def fail_once(marker: str) -> str:
 
 
 @app.task
+async def stepper(steps: int, pause: float, progress: TaskProgress) -> int:
+    """Moves its progress in steps, with a status line each (``litetask wait`` shows them)."""
+    for i in range(1, steps + 1):
+        await asyncio.sleep(pause)
+        progress.set(100 * i / steps, f"step {i} of {steps}")
+    return steps
+
+
+@app.task
 def crash_after_effect(path: str, n: int, how: str) -> None:
     """Records that it ran, then dies: ``exit`` (os._exit(3)) or ``segfault``."""
     time.sleep(0.3)  # let the big progress messages flow meanwhile
