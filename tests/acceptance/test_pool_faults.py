@@ -73,6 +73,12 @@ async def test_pool_crashes_and_timeouts_under_cpu_load_run_once(tmp_path: Path)
     assert {k: c for k, c in seen.items() if c != 1} == {}, "no task ran twice"
 
 
+def _produce(env: dict[str, str], code: str) -> list[str]:
+    """Run ``code`` (which enqueues and prints ids) in a producer process; the ids."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=True).stdout.split()
+
+
 def _counts(app: LiteTask) -> dict[TaskStatus, int]:
     out: dict[TaskStatus, int] = {}
     for r in app.list_tasks_sync(limit=1000):
@@ -101,8 +107,7 @@ print(" ".join(ids))
 """
     worker = start_worker(url, tmp_path / "w.log", "--concurrency", "4", "--processes", "2")
     try:
-        out = subprocess.run([sys.executable, "-c", producer], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=120, check=True).stdout.split()
+        out = _produce(env, producer)
         app = LiteTask(url)
         try:
             wait_until(lambda: _counts(app).get(TaskStatus.RUNNING, 0) == 0
@@ -148,17 +153,14 @@ print(" ".join(ids))
 """
     worker = start_worker(url, tmp_path / "w.log", "--concurrency", "4", "--processes", "2")
     try:
-        ids = subprocess.run([sys.executable, "-c", producer], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=120, check=True).stdout.split()
+        ids = _produce(env, producer)
         app = LiteTask(url)
         try:
             wait_until(lambda: all((r := app.get_task_sync(i)) is not None and r.is_final for i in ids),
                        120, "the first tasks finished")
             recs = [app.get_task_sync(i) for i in ids]
-            long = subprocess.run([sys.executable, "-c", "from tests.xproc_app import big_progress; "
-                                   f"print(big_progress.delay({str(fx)!r}, 50, 60.0))"],
-                                  cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-                                  check=True).stdout.strip()
+            [long] = _produce(env, "from tests.xproc_app import big_progress; "
+                                   f"print(big_progress.delay({str(fx)!r}, 50, 60.0))")
             wait_until(lambda: (r := app.get_task_sync(long)) is not None and r.pid is not None
                        and r.status is TaskStatus.RUNNING, 60, "the long task running in a pool process")
             t0 = time.monotonic()
@@ -193,10 +195,8 @@ def test_sigterm_to_the_whole_process_group_lets_pool_tasks_finish(tmp_path: Pat
                                   start_new_session=True)
     app = LiteTask(url)
     try:
-        task_id = subprocess.run([sys.executable, "-c", "from tests.xproc_app import slow_effect_pool; "
-                                  f"print(slow_effect_pool.delay({str(fx)!r}, 1, 2.0))"],
-                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-                                 check=True).stdout.strip()
+        [task_id] = _produce(env, "from tests.xproc_app import slow_effect_pool; "
+                                       f"print(slow_effect_pool.delay({str(fx)!r}, 1, 2.0))")
         wait_until(lambda: (r := app.get_task_sync(task_id)) is not None and r.pid is not None
                    and r.pid != worker.pid, 60, "the task running in a pool process")
         os.killpg(worker.pid, signal.SIGTERM)
