@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from . import tracing
 from .brokers.base import Broker, redact_url
 from .exceptions import ConfigurationError, TaskNotFound
 from .records import LogRecord, NewTask, TaskRecord, TaskStatus, WorkerInfo
@@ -205,6 +206,10 @@ class LiteTask:
     async def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
         if not tasks:
             return []
+        with tracing.publishing(tasks) as traced:
+            return await self._store(traced, connection)
+
+    async def _store(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
         broker = await self.broker()
         if connection is None:
             return await broker.enqueue(tasks)
@@ -449,18 +454,25 @@ class LiteTask:
         """Enqueue from sync code. On SQLite the calling thread hands the insert straight to the
         writer thread (its group commit still batches concurrent callers); elsewhere the sync
         facade's loop runs it."""
-        if self._sqlite is not None:
-            from .brokers.sqlite import enqueue_blocking
+        if not tasks:
+            return []
+        # The span starts here, in the caller's thread, whose context is the parent.
+        with tracing.publishing(tasks) as traced:
+            if self._sqlite is not None:
+                from .brokers.sqlite import enqueue_blocking
 
-            return enqueue_blocking(*self._sqlite, tasks)
-        return self._call_sync(self._enqueue, tasks)
+                return enqueue_blocking(*self._sqlite, traced)
+            return self._call_sync(self._store, traced)
 
     def _call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return self._get_portal().call(fn, *args)
 
     def enqueue(self, name: str, *args: Any, **kwargs: Any) -> str:
         """Sync twin of :meth:`aenqueue`."""
-        return self._call_sync(lambda: self.aenqueue(name, *args, **kwargs))
+        task = self.tasks.get(name)
+        if task is not None:
+            return task.delay(*args, **kwargs)
+        return self._enqueue_sync([new_task(check_text(name, "task name"), args, kwargs)])[0]
 
     def get_task_sync(self, task_id: str) -> TaskRecord | None:
         """Sync twin of :meth:`get_task`."""

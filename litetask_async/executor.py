@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import tracing
 from .exceptions import format_exception, safe_str
 from .progress import TaskProgress
 
@@ -166,7 +167,7 @@ def _child_main(jobs: multiprocessing.connection.Connection,
 
 
 def _run_job(task_id: str, name: str, module_name: str, attr: str, args_json: str,
-             kwargs_json: str) -> None:
+             kwargs_json: str, trace_carrier: str | None) -> None:
     global _child_task_id
     # Before the body runs, and complete when os.write returns: if this process dies from here
     # on, the worker knows the task ran.
@@ -182,7 +183,8 @@ def _run_job(task_id: str, name: str, module_name: str, attr: str, args_json: st
             # Registered with app.task(fn) without rebinding the module's name: wrap it here.
             task = Task(None, task, name=name)
         args, kwargs = task.decode_arguments(args_json, kwargs_json)
-        result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
+        with tracing.attached(trace_carrier):  # spans the body starts are the attempt's children
+            result = task.invoke(args, kwargs, TaskProgress(task_id, _child_progress))
         msg: tuple[Any, ...] = ("result", task_id, encode_result(task.name, result))
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: they end this attempt only
         msg = ("error", task_id, _describe(exc))
@@ -264,7 +266,7 @@ class ProcessRunner:
     # --- public ---
 
     async def run(self, task_id: str, name: str, module_name: str, attr: str, args_json: str,
-                  kwargs_json: str, timeout: float | None) -> str:
+                  kwargs_json: str, timeout: float | None, trace_carrier: str | None = None) -> str:
         """Run one task; returns its result JSON. Cancelling the caller kills the task's process.
 
         ``timeout`` counts from the moment a process starts the task (not while it waits for a
@@ -273,7 +275,7 @@ class ProcessRunner:
         if self._closed:
             raise RuntimeError("the process pool is shut down")
         loop = self._loop = asyncio.get_running_loop()
-        frame = pickle.dumps((task_id, name, module_name, attr, args_json, kwargs_json),
+        frame = pickle.dumps((task_id, name, module_name, attr, args_json, kwargs_json, trace_carrier),
                              protocol=pickle.HIGHEST_PROTOCOL)
         job = _Job(task_id, _HEADER.pack(len(frame)) + frame, loop.create_future())
         self._fill()

@@ -104,6 +104,7 @@ class NewTask:
     eta: float | None = None  # absolute time, seconds since the epoch
     unique_key: str | None = None
     max_concurrency: int | None = None
+    trace_context: str | None = None  # W3C headers of the enqueuing span, JSON (tracing.py)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class ClaimedTask:
     attempts: int
     max_attempts: int
     queue: str = "default"
+    trace_context: str | None = None
 
 
 class OutcomeKind(enum.StrEnum):

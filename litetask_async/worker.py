@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from . import tracing
 from .brokers.base import Broker, RunningUpdate, error_payload
 from .exceptions import BrokerUnavailable, Retry, SerializationError, WorkerError, safe_str
 from .executor import ChildError, ProcessDied, ProcessRunner
@@ -290,7 +291,8 @@ class Worker:
     async def _execute(self, r: _Running) -> None:
         c = r.claimed
         try:
-            outcome = await self._attempt(r)
+            with tracing.processing(c):
+                outcome = await self._attempt(r)
         except asyncio.CancelledError:
             # Cancelled from outside (the loop is shutting down): put the task back, not lost.
             outcome = self._outcome(c, OutcomeKind.RELEASE)
@@ -374,7 +376,7 @@ class Worker:
             self._pool = ProcessRunner(self.processes, self._on_progress, self._on_pid, self._on_log)
         attr = getattr(task.fn, "__qualname__", task.fn.__name__)
         return await self._pool.run(c.id, task.name, task.fn.__module__, attr, c.args_json, c.kwargs_json,
-                                    task.timeout)
+                                    task.timeout, tracing.current_carrier())
 
     def _outcome(self, c: ClaimedTask, kind: OutcomeKind, **kw: Any) -> Outcome:
         r = self._running.get(c.id)
@@ -385,6 +387,7 @@ class Worker:
               task: Task[Any, Any] | None = None, retry: bool = True, tb: str | None = None,
               delay: float | None = None) -> Outcome:
         err = error_payload(exc, type_name, message, attempt=c.attempts, tb=tb)
+        tracing.failed(exc, type_name, message)
         if task is not None and retry and c.attempts < c.max_attempts and (
                 task.retry_on is None or isinstance(exc, (Retry, *task.retry_on))):
             if delay is None:

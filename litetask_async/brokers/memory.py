@@ -68,6 +68,7 @@ class _Row:
     unique_key: str | None = None
     max_concurrency: int | None = None
     status_message: str | None = None
+    trace_context: str | None = None
 
 
 @dataclass
@@ -181,6 +182,7 @@ class MemoryBroker(Broker):
                 max_attempts=t.max_attempts, created_at=now,
                 run_at=t.eta if t.eta is not None else now + (t.countdown or 0.0),
                 unique_key=t.unique_key, max_concurrency=t.max_concurrency,
+                trace_context=t.trace_context,
             )
             ids.append(t.id)
         return ids
@@ -212,7 +214,7 @@ class MemoryBroker(Broker):
                 r.pid = pid
                 r.progress = 0
                 out.append(ClaimedTask(r.id, r.name, r.args, r.kwargs, r.attempts,
-                                       r.max_attempts, r.queue))
+                                       r.max_attempts, r.queue, r.trace_context))
             return out
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:

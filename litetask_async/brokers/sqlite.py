@@ -396,7 +396,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _op_insert(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[str]:
     rows = [(t.id, t.name, t.queue, t.priority, t.args_json, t.kwargs_json, t.max_attempts, now,
-             t.eta if t.eta is not None else now + (t.countdown or 0.0), t.unique_key, t.max_concurrency)
+             t.eta if t.eta is not None else now + (t.countdown or 0.0), t.unique_key, t.max_concurrency,
+             t.trace_context)
             for t in tasks]
     if not any(t.unique_key for t in tasks):
         conn.executemany(sql.INSERT, rows)

@@ -124,6 +124,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # finish: about half of their cost. Listing by status reads the partial pending/running
     # indexes, or walks seq for the final states (which are most rows).
     6: ("DROP INDEX IF EXISTS litetask_tasks_status_seq",),
+    # The W3C trace context of the span that enqueued the task (OpenTelemetry, optional).
+    7: ("ALTER TABLE litetask_tasks ADD COLUMN trace_context TEXT",),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -132,8 +134,9 @@ GET_SCHEMA_VERSION = "SELECT value FROM litetask_meta WHERE key = 'schema_versio
 
 INSERT = """
 INSERT INTO litetask_tasks
-    (id, name, queue, priority, args, kwargs, max_attempts, created_at, run_at, unique_key, max_concurrency)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    (id, name, queue, priority, args, kwargs, max_attempts, created_at, run_at, unique_key, max_concurrency,
+     trace_context)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
 """
 
@@ -152,7 +155,7 @@ WHERE seq IN (
     ORDER BY priority DESC, run_at, seq
     LIMIT ?
 )
-RETURNING id, name, args, kwargs, attempts, max_attempts, queue
+RETURNING id, name, args, kwargs, attempts, max_attempts, queue, trace_context
 """
 
 # Tasks with a concurrency limit: the k-th pending task of a name is claimable while
@@ -172,7 +175,7 @@ UPDATE litetask_tasks
 SET status = 'running', worker_id = ?, pid = ?, attempts = attempts + 1,
     started_at = ?, heartbeat_at = ?, progress = 0
 WHERE seq IN (SELECT seq FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, seq LIMIT ?)
-RETURNING id, name, args, kwargs, attempts, max_attempts, queue
+RETURNING id, name, args, kwargs, attempts, max_attempts, queue, trace_context
 """
 
 NEXT_DUE = "SELECT min(run_at) FROM litetask_tasks WHERE status = 'pending' {queues}"
