@@ -310,7 +310,7 @@ class PostgresBroker(Broker):
                     [t.args_json for t in pending], [t.kwargs_json for t in pending],
                     [t.max_attempts for t in pending], [t.countdown for t in pending],
                     [t.eta for t in pending], [t.unique_key for t in pending],
-                    [t.max_concurrency for t in pending])}
+                    [t.max_concurrency for t in pending], [t.trace_context for t in pending])}
                 used.update((t.id, t.id) for t in pending if t.id in inserted)
                 rest = [t for t in pending if t.id not in inserted]
                 if not rest:
@@ -328,7 +328,7 @@ class PostgresBroker(Broker):
         params = {"id": t.id, "name": t.name, "queue": t.queue, "priority": t.priority,
                   "args": t.args_json, "kwargs": t.kwargs_json, "max_attempts": t.max_attempts,
                   "countdown": t.countdown, "eta": t.eta, "unique_key": t.unique_key,
-                  "max_concurrency": t.max_concurrency}
+                  "max_concurrency": t.max_concurrency, "trace_context": t.trace_context}
         if (await connection.execute(text(sql.INSERT_ONE_SQLA), params)).first() is not None:
             return t.id
         held = (await connection.execute(text(sql.ACTIVE_BY_UNIQUE_KEY_SQLA), {"key": t.unique_key})).first()
@@ -364,7 +364,7 @@ class PostgresBroker(Broker):
             await conn.execute(
                 sql.INSERT_MANY, [task.id], [task.name], [task.queue], [task.priority], [task.args_json],
                 [task.kwargs_json], [task.max_attempts], [task.countdown], [task.eta], [task.unique_key],
-                [task.max_concurrency])
+                [task.max_concurrency], [task.trace_context])
             return True
 
     async def purge(self, older_than: float, batch_size: int = 1000) -> int:

@@ -143,6 +143,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP INDEX litetask_tasks_pending",
         "CREATE INDEX litetask_tasks_pending ON litetask_tasks (priority DESC, run_at, seq) WHERE status = 'pending'",
     ),
+    # The W3C trace context of the span that enqueued the task (OpenTelemetry, optional).
+    6: ("ALTER TABLE litetask_tasks ADD COLUMN trace_context text",),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -151,13 +153,15 @@ LATEST_VERSION = max(MIGRATIONS)
 # NULL: now). A task whose unique_key is held by an active task is skipped (not returned).
 INSERT_MANY = """
 INSERT INTO litetask_tasks
-    (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency)
+    (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency,
+     trace_context)
 SELECT u.id, u.name, u.queue, u.priority, u.args, u.kwargs, u.max_attempts,
        coalesce(to_timestamp(u.eta), now() + make_interval(secs => coalesce(u.countdown, 0))),
-       u.unique_key, u.max_concurrency
+       u.unique_key, u.max_concurrency, u.trace_context
 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::jsonb[], $7::int[],
-            $8::float8[], $9::float8[], $10::text[], $11::int[])
-     AS u(id, name, queue, priority, args, kwargs, max_attempts, countdown, eta, unique_key, max_concurrency)
+            $8::float8[], $9::float8[], $10::text[], $11::int[], $12::text[])
+     AS u(id, name, queue, priority, args, kwargs, max_attempts, countdown, eta, unique_key, max_concurrency,
+          trace_context)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
 RETURNING id
 """
@@ -170,11 +174,12 @@ WHERE unique_key = ANY($1::text[]) AND status IN ('pending', 'running')
 # The same insert for a caller's SQLAlchemy connection (transactional enqueue): named params.
 INSERT_ONE_SQLA = """
 INSERT INTO litetask_tasks
-    (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency)
+    (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency,
+     trace_context)
 VALUES (:id, :name, :queue, :priority, CAST(:args AS jsonb), CAST(:kwargs AS jsonb), :max_attempts,
         coalesce(to_timestamp(CAST(:eta AS float8)),
                  now() + make_interval(secs => coalesce(CAST(:countdown AS float8), 0))),
-        :unique_key, :max_concurrency)
+        :unique_key, :max_concurrency, :trace_context)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
 RETURNING id
 """
@@ -198,7 +203,7 @@ SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
     started_at = now(), heartbeat_at = now(), progress = 0
 FROM picked
 WHERE t.id = picked.id
-RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue
+RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context
 """
 
 # Serialises claims of tasks that have a concurrency limit, across all workers (transaction-scoped).
@@ -229,7 +234,7 @@ SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
     started_at = now(), heartbeat_at = now(), progress = 0
 FROM picked
 WHERE t.id = picked.id
-RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue
+RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context
 """
 
 NEXT_DUE = """
