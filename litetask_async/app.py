@@ -75,6 +75,10 @@ class LiteTask:
     background (see :meth:`purge`).
     """
 
+    #: What :meth:`task` makes; a subclass of :class:`Task` may add ways to enqueue
+    #: (litetask_async.contrib.django adds ``delay_on_commit``).
+    task_class: type[Task[Any, Any]] = Task
+
     def __init__(self, url: str = DEFAULT_URL, *, auto_migrate: bool = True,
                  result_ttl: timedelta | float | None = None) -> None:
         self.url = url
@@ -135,9 +139,9 @@ class LiteTask:
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
-            t = Task(self, f, name=name, retries=retries, retry_backoff=retry_backoff,
-                     retry_on=retry_on, timeout=timeout, queue=queue, priority=priority,
-                     max_concurrency=max_concurrency)
+            t: Task[P, R] = self.task_class(self, f, name=name, retries=retries, retry_backoff=retry_backoff,
+                                            retry_on=retry_on, timeout=timeout, queue=queue,
+                                            priority=priority, max_concurrency=max_concurrency)
             if t.name in self.tasks and self.tasks[t.name].fn is not f:
                 raise ConfigurationError(f"a different task is already registered as {t.name!r}")
             self.tasks[t.name] = t

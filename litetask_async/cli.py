@@ -284,7 +284,8 @@ def cli() -> None:
     """
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
+    """Log to stderr at ``level`` (``--log-level``), unless logging is configured already."""
     try:
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     except ValueError as exc:
@@ -312,8 +313,23 @@ def worker(positional_app: str | None, app_spec: str | None, url: str | None, co
     """Run a worker until SIGTERM/SIGINT (a second signal skips the grace period)."""
     if positional_app and app_spec:
         raise click.UsageError("give the app once: as MODULE:APP or as --app, not both")
-    _setup_logging(log_level)
+    setup_logging(log_level)
     app = resolve_app(positional_app or app_spec, url, needs_tasks=True)
+    serve_worker(app, concurrency=concurrency, queues=queues, processes=processes,
+                 heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
+                 grace_period=grace_period, max_rescues=max_rescues)
+
+
+#: Parameters of ``worker`` that choose the app; the others are the worker's own options, which
+#: ``python manage.py litetask_worker`` (litetask_async.contrib.django) offers as well.
+WORKER_APP_PARAMS = frozenset({"positional_app", "app_spec", "url"})
+
+
+def serve_worker(app: LiteTask, *, concurrency: int, queues: str | None, processes: int | None,
+                 heartbeat_interval: float, heartbeat_timeout: float, grace_period: float,
+                 max_rescues: int) -> None:
+    """Run a worker for ``app`` until SIGTERM/SIGINT, then close the app; ``queues`` is the
+    comma-separated ``--queues`` text. The body of ``litetask worker`` and of the Django command."""
     try:
         with database_errors(app):
             asyncio.run(app.run_worker(
@@ -331,7 +347,7 @@ def worker(positional_app: str | None, app_spec: str | None, url: str | None, co
 @click.option("--log-level", default="INFO", show_default=True)
 def migrate(app_spec: str | None, url: str | None, log_level: str) -> None:
     """Create or upgrade the database schema, then exit."""
-    _setup_logging(log_level)
+    setup_logging(log_level)
     app = resolve_app(app_spec, url)
     try:
         with database_errors(app):
