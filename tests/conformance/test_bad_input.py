@@ -1,4 +1,16 @@
-"""The bad-input matrix: each case gives a clear error and leaves the store consistent."""
+"""The bad-input matrix: each case gives a clear error and leaves the store consistent.
+
+Every broker where the case applies (the ``app`` fixture: memory, SQLite, PostgreSQL). Cases that
+live at another edge are tested there:
+
+- the command line (PostgreSQL refusing the URL's role or database, a purge duration too large,
+  ids that are not UTF-8): tests/test_cli.py;
+- the dashboard (non-ASCII tokens in headers, NUL in ids and filters, payloads too deep to
+  decode, PostgreSQL refusing the role): tests/test_dashboard.py;
+- a pool process that dies or is killed, under CPU load too: tests/acceptance/test_pool_faults.py;
+- memory:// used from a pool process: tests/conformance/test_scheduling.py (follow-ups);
+- a pool task's real start time and pid: tests/conformance/test_app.py.
+"""
 
 from __future__ import annotations
 
