@@ -73,6 +73,17 @@ class LiteTask:
     run time; apply it with ``litetask migrate`` or :meth:`migrate` at deployment instead.
     ``result_ttl`` (a timedelta or seconds): workers delete finished tasks older than that in the
     background (see :meth:`purge`).
+
+    For example::
+
+        app = LiteTask("postgresql://user@db/app")
+
+        @app.task(retries=3, timeout=60)
+        async def build(customer: str) -> dict[str, int]:
+            return {"rows": 42}
+
+        task_id = await build.adelay("acme")        # build.delay("acme") from sync code
+        rec = await app.wait(task_id, timeout=30)   # the final TaskRecord
     """
 
     #: What :meth:`task` makes; a subclass of :class:`Task` may add ways to enqueue
@@ -136,6 +147,17 @@ class LiteTask:
         seconds stops the task and records a ``TaskTimeout`` error. ``queue`` and ``priority``
         (higher runs first) are defaults that ``configure()`` can override per call;
         ``max_concurrency=N`` keeps at most N of this task running at once across all workers.
+
+        For example::
+
+            @app.task
+            def add(a: int, b: int) -> int:
+                return a + b
+
+            @app.task(name="reports.build", retries=3, retry_on=(IOError,), timeout=60)
+            async def build(customer: str, progress: TaskProgress) -> dict[str, int]:
+                progress.set(50, "half way")
+                return {"rows": 42}
         """
 
         def register(f: Callable[P, R]) -> Task[P, R]:
@@ -160,6 +182,14 @@ class LiteTask:
         Each tick is enqueued exactly once however many workers run (a compare-and-set on the
         schedule's last tick), by any worker that has the schedule. The first run is the first
         tick after the schedule is first seen; after downtime, only the latest missed tick runs.
+
+        For example::
+
+            @app.periodic(cron="0 3 * * *")                  # 03:00 UTC every day
+            async def nightly_cleanup() -> None: ...
+
+            @app.periodic(every=timedelta(minutes=10), retries=2)
+            def sync_prices() -> None: ...
         """
         schedule = Schedule.build(cron, every)
 
@@ -264,6 +294,14 @@ class LiteTask:
 
         Raises ``TimeoutError`` after ``timeout`` seconds and :class:`TaskNotFound` for an
         unknown id.
+
+        For example::
+
+            rec = await app.wait(task_id, timeout=30)
+            if rec.status is TaskStatus.COMPLETED:
+                print(rec.result)
+            else:
+                print(rec.error["type"], rec.error["message"])
         """
         if not _lookup(task_id):
             raise TaskNotFound(f"no task with id {task_id!r}")
@@ -333,7 +371,16 @@ class LiteTask:
                          queue: str | None = None, limit: int = 50,
                          before: str | None = None) -> list[TaskRecord]:
         """Tasks, newest first, optionally filtered; ``before=<id of the last task you got>``
-        gives the next page (keyset pagination: no OFFSET, served by indexes)."""
+        gives the next page (keyset pagination: no OFFSET, served by indexes).
+
+        For example::
+
+            page = await app.list_tasks(status="failed", limit=50)
+            while page:
+                for rec in page:
+                    print(rec.id, rec.name, rec.error["type"])
+                page = await app.list_tasks(status="failed", limit=50, before=page[-1].id)
+        """
         if status is not None:
             status = TaskStatus(status).value
         if not isinstance(limit, int) or not 1 <= limit <= 10_000:

@@ -28,18 +28,36 @@ class ConfigurationError(LiteTaskError, ValueError):
 
 
 class SerializationError(LiteTaskError, TypeError):
-    """Task arguments or a result cannot be stored as JSON."""
+    """Task arguments or a result cannot be stored as JSON.
+
+    Raised by ``delay``/``adelay`` before anything is stored (for example an argument that is a
+    ``set`` or a NaN); a result that cannot be stored ends the task ``failed`` with this type.
+    """
 
 
 class TaskNotFound(LiteTaskError, KeyError):
-    """No task with the given id exists."""
+    """No task with the given id exists.
+
+    Raised by ``wait``, ``cancel``, ``retry``, ``task_logs`` and a ``before=`` cursor;
+    ``get_task`` returns None instead. For example::
+
+        try:
+            await app.cancel(task_id)
+        except TaskNotFound:
+            ...  # a 404 in a web handler
+    """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "task not found"
 
 
 class BrokerUnavailable(LiteTaskError, ConnectionError):
-    """The broker's database could not be reached."""
+    """The broker's database could not be reached.
+
+    Raised by ``delay``/``adelay`` instead of hanging: at once when PostgreSQL refuses
+    connections, after the busy timeout when an SQLite file stays locked. Workers do not stop on
+    it: they back off and retry.
+    """
 
 
 class WorkerError(LiteTaskError, RuntimeError):
@@ -56,6 +74,15 @@ class Retry(LiteTaskError):
     The request is granted while the task has attempts left (``retries=N``); it counts as an
     attempt and is kept in the task's ``errors`` with its ``reason``. Without ``delay`` the task's
     usual backoff applies. Once attempts are used up the task ends ``failed``.
+
+    For example::
+
+        @app.task(retries=5)
+        async def poll(job_id: str) -> str:
+            status = await fetch_status(job_id)
+            if status != "done":
+                raise Retry(f"job {job_id} is {status}", delay=10)
+            return status
     """
 
     def __init__(self, reason: str = "the task asked to be retried", delay: float | None = None) -> None:

@@ -12,7 +12,13 @@ class TaskStatus(enum.StrEnum):
     """Lifecycle of a task: pending -> running -> completed | failed | cancelled.
 
     A running task may also go back to pending (retry, rescue after its worker vanished,
-    or graceful shutdown). The three final states are never left.
+    or graceful shutdown). The three final states are never left by the worker; only an
+    operator's ``app.retry()`` puts a failed or cancelled task back to pending.
+
+    A ``str`` enum: ``TaskStatus.FAILED == "failed"``. For example::
+
+        failed = await app.list_tasks(status=TaskStatus.FAILED)
+        rec.status.is_final                         # True for completed, failed, cancelled
     """
 
     PENDING = "pending"
@@ -58,6 +64,14 @@ class TaskRecord:
     ``error`` is None or a dict with ``type``, ``message``, ``traceback``, ``attempt`` and ``at``
     (ISO time); ``errors`` lists the error of every attempt that failed, oldest first.
     Timestamps are aware UTC datetimes.
+
+    For example::
+
+        rec = await app.get_task(task_id)           # None for an unknown id
+        if rec is not None and rec.is_final:
+            print(rec.status, rec.result, rec.error)
+        elif rec is not None:
+            print(f"{rec.status}: {rec.progress}% {rec.status_message or ''}")
     """
 
     id: str

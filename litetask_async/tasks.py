@@ -30,6 +30,17 @@ class Task(Generic[P, R]):
 
     Calling the task object runs the function directly, in the caller. ``delay``/``adelay`` store
     it for a worker and return its id at once.
+
+    For example::
+
+        @app.task(retries=2)
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        add(2, 3)                                   # 5, run here
+        task_id = add.delay(2, 3)                   # stored; a worker runs it
+        task_id = await add.adelay(2, 3)            # the same, from async code
+        add.configure(queue="urgent", countdown=30).delay(2, 3)
     """
 
     def __init__(
@@ -126,6 +137,12 @@ class Task(Generic[P, R]):
         (seconds from now), ``eta`` (a timezone-aware datetime), ``unique_key``.
 
         ``send.configure(countdown=30).delay("a@b.c")``. Unknown option names raise at once.
+
+        For example::
+
+            send.configure(queue="urgent", priority=10).delay("a@b.c")
+            await send.configure(eta=datetime(2027, 1, 1, tzinfo=UTC)).adelay("a@b.c")
+            await send.configure(unique_key="welcome:42").adelay("a@b.c")   # one active task per key
         """
         return TaskCall(self, CallOptions.build(options))
 
@@ -161,6 +178,11 @@ class Task(Generic[P, R]):
         """Enqueue many calls, given as ``(args, kwargs)`` pairs, in one write; ids in order.
 
         ``connection=`` as for :meth:`adelay`.
+
+        For example::
+
+            ids = await add.adelay_many([((1, 2), {}), ((3, 4), {})])
+            ids = await send.adelay_many([((to,), {"subject": "Hi"}) for to in recipients])
         """
         return await self._submit(calls, None, connection)
 

@@ -79,7 +79,31 @@ class _Running:
 
 
 class Worker:
-    """Claims tasks from the app's broker and runs them until stopped (SIGTERM/SIGINT or stop())."""
+    """Claims tasks from the app's broker and runs them until stopped (SIGTERM/SIGINT or stop()).
+
+    ``app.run_worker(...)`` and ``litetask worker`` build one and run it; build it yourself to
+    stop it from your own code. For example::
+
+        worker = Worker(app, concurrency=10, queues=["default"], install_signal_handlers=False)
+        running = asyncio.create_task(worker.run())
+        ...
+        worker.stop()          # stop claiming; running tasks get the grace period
+        await running
+
+    Args:
+        app: The app whose tasks and broker the worker uses.
+        concurrency: Tasks run at once (async and pool tasks together).
+        processes: Pool processes for plain ``def`` tasks (default: min(concurrency, CPUs)).
+        queues: Take tasks of these queues only (default: every queue).
+        heartbeat_interval: Seconds between heartbeats of running tasks (and rescue rounds).
+        heartbeat_timeout: A running task whose heartbeat is older is put back (rescued); longer
+            than ``heartbeat_interval``.
+        grace_period: Seconds running tasks get to finish after SIGTERM/SIGINT or ``stop()``
+            before they are interrupted and put back.
+        max_rescues: Rescues after which a task ends ``failed`` with ``WorkerLost``.
+        poll_interval: Longest idle wait between claims when no wake-up arrives.
+        install_signal_handlers: Stop on SIGTERM/SIGINT (False when the caller owns the signals).
+    """
 
     def __init__(
         self,
