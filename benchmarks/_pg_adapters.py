@@ -16,9 +16,12 @@ Settings per library (what "their recommended fast path" means here):
 * pgqueuer: ``Queries(AsyncpgDriver(asyncpg connection))`` as in pgqueuer's own
   ``tools/benchmark.py``; ``queries.enqueue(name, payload)`` one by one and
   ``queries.enqueue([names], [payloads], [priorities])`` for a batch; worker
-  ``QueueManager`` with one entrypoint, ``qm.run(batch_size=..., max_concurrent_tasks=...)``
-  (see PGQ_MODES); schema from ``queries.install()`` (default durability: logged tables, like
-  the other two).
+  ``QueueManager`` with one entrypoint per task, ``await qm.run()`` with its defaults as its
+  documentation shows it (``batch_size=10``, no ``max_concurrent_tasks``); schema from
+  ``queries.install()`` (default durability: logged tables, like the other two). The
+  ``pgqueuer-capped`` variant (a second, labelled column) caps one worker at the benchmark's
+  concurrency: ``qm.run(batch_size=C // 2, max_concurrent_tasks=C)`` (pgqueuer requires
+  max_concurrent_tasks >= 2 x batch_size).
 * procrastinate: ``App(connector=PsycopgConnector(conninfo=url, min_size, max_size))``,
   ``task.defer_async()`` / ``task.batch_defer_async(*kwargs)``; worker
   ``app.run_worker_async(concurrency=C, install_signal_handlers=False)`` (listen_notify on,
@@ -36,8 +39,11 @@ from typing import Any
 
 import asyncpg
 
-LIBS = ("litetask", "pgqueuer", "procrastinate")
+LIBS = ("litetask", "pgqueuer", "pgqueuer-capped", "procrastinate")
 TASK_NAME = "bench_noop"
+#: task kinds: a no-op, and a task that awaits asyncio.sleep(SLEEP_S)
+TASK_NAMES = {"noop": "bench_noop", "sleep": "bench_sleep"}
+SLEEP_S = 0.02
 
 
 def report_start(key: str) -> None:
@@ -45,13 +51,12 @@ def report_start(key: str) -> None:
     os.write(1, f"S {key} {time.time()!r}\n".encode())
 
 
-# pgqueuer ways to cap one worker at C concurrent jobs (its dequeue rule: max_concurrent_tasks
-# >= 2 * batch_size). "global": qm.run(batch_size=C//2, max_concurrent_tasks=C) -- the
-# per-worker cap. "entrypoint": @qm.entrypoint(concurrency_limit=C) with batch_size=C -- the
-# per-entrypoint cap enforced in SQL across all workers (with one worker: the same cap).
-# "unlimited": pgqueuer's defaults (batch_size=10, no cap) -- NOT concurrency-limited, so not
-# the benchmark's workload; only to show pgqueuer's ceiling on this machine.
-PGQ_MODES = ("global", "entrypoint", "unlimited")
+# pgqueuer worker modes. "default": ``qm.run()`` with pgqueuer's defaults (batch_size=10, no
+# cap), as its documentation shows it: the main column. "capped": qm.run(batch_size=C//2,
+# max_concurrent_tasks=C), the per-worker cap (its dequeue rule: max_concurrent_tasks >= 2 *
+# batch_size). "entrypoint": @qm.entrypoint(concurrency_limit=C) with batch_size=C, the
+# per-entrypoint cap enforced in SQL across all workers.
+PGQ_MODES = ("default", "capped", "entrypoint")
 # pgqueuer driver of the worker: "conn" = AsyncpgDriver(one connection), as in pgqueuer's own
 # benchmark tool; "pool" = AsyncpgPoolDriver(asyncpg pool).
 PGQ_DRIVERS = ("conn", "pool")
@@ -60,7 +65,8 @@ PGQ_DRIVERS = ("conn", "pool")
 def libversion(lib: str) -> str:
     import importlib.metadata as md
 
-    dist = {"litetask": "litetask_async", "pgqueuer": "pgqueuer", "procrastinate": "procrastinate"}[lib]
+    dist = {"litetask": "litetask_async", "pgqueuer": "pgqueuer", "pgqueuer-capped": "pgqueuer",
+            "procrastinate": "procrastinate"}[lib]
     try:
         return md.version(dist)
     except md.PackageNotFoundError:
@@ -79,6 +85,8 @@ class Producer:
     remaining_sql = ""
     #: counts jobs finished successfully (a sanity check, not a metric)
     succeeded_sql = ""
+    #: the library's tables, for dead tuples and sizes after a phase
+    tables: tuple[str, ...] = ()
 
     def __init__(self, url: str) -> None:
         self.url = url  # plain postgresql:// URL of this library's database
@@ -91,7 +99,7 @@ class Producer:
     async def enqueue_one(self, key: str | None = None) -> None:
         raise NotImplementedError
 
-    async def enqueue_batch(self, n: int) -> None:
+    async def enqueue_batch(self, n: int, kind: str = "noop") -> None:
         raise NotImplementedError
 
     async def remaining(self) -> int:
@@ -112,14 +120,20 @@ class LiteTaskProducer(Producer):
     lib = "litetask"
     remaining_sql = "SELECT count(*) FROM litetask_tasks WHERE status IN ('pending', 'running')"
     succeeded_sql = "SELECT count(*) FROM litetask_tasks WHERE status = 'completed'"
+    tables = ("litetask_tasks", "litetask_queue", "litetask_done")
 
     async def open(self) -> None:
         from litetask_async import LiteTask
 
         self.app = LiteTask(self.url)
         self.task = self.app.task(name=TASK_NAME)(_lt_noop)
+        self.tasks = {"noop": self.task, "sleep": self.app.task(name=TASK_NAMES["sleep"])(_lt_sleep)}
         await self.app.broker()  # opens the pool, applies the schema, starts LISTEN
         await super().open()
+        assert self._mon is not None
+        if await self._mon.fetchval("SELECT to_regclass('litetask_queue') IS NOT NULL"):
+            # schema 7+: pending and running tasks have a table of their own
+            self.remaining_sql = "SELECT count(*) FROM litetask_queue"
 
     async def enqueue_one(self, key: str | None = None) -> None:
         if key is None:
@@ -127,8 +141,8 @@ class LiteTaskProducer(Producer):
         else:
             await self.task.adelay(key)
 
-    async def enqueue_batch(self, n: int) -> None:
-        await self.task.adelay_many([((), {})] * n)
+    async def enqueue_batch(self, n: int, kind: str = "noop") -> None:
+        await self.tasks[kind].adelay_many([((), {})] * n)
 
     async def close(self) -> None:
         await super().close()
@@ -140,6 +154,7 @@ class PgQueuerProducer(Producer):
     # pgqueuer deletes a job's row when it finishes (and logs it in pgqueuer_log)
     remaining_sql = "SELECT count(*) FROM pgqueuer"
     succeeded_sql = "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'"
+    tables = ("pgqueuer", "pgqueuer_log")
 
     async def open(self) -> None:
         from pgqueuer import AsyncpgDriver, Queries
@@ -152,8 +167,8 @@ class PgQueuerProducer(Producer):
     async def enqueue_one(self, key: str | None = None) -> None:
         await self.queries.enqueue(TASK_NAME, None if key is None else key.encode())
 
-    async def enqueue_batch(self, n: int) -> None:
-        await self.queries.enqueue([TASK_NAME] * n, [None] * n, [0] * n)
+    async def enqueue_batch(self, n: int, kind: str = "noop") -> None:
+        await self.queries.enqueue([TASK_NAMES[kind]] * n, [None] * n, [0] * n)
 
     async def close(self) -> None:
         await super().close()
@@ -168,16 +183,18 @@ def _procrastinate_app(url: str, pool_size: int | None) -> Any:
         kw.update(min_size=pool_size, max_size=pool_size)
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(**kw))
     task = app.task(name=TASK_NAME)(_proc_noop)
-    return app, task
+    sleep_task = app.task(name=TASK_NAMES["sleep"])(_proc_sleep)
+    return app, task, sleep_task
 
 
 class ProcrastinateProducer(Producer):
     lib = "procrastinate"
     remaining_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
     succeeded_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'"
+    tables = ("procrastinate_jobs", "procrastinate_events")
 
     async def open(self) -> None:
-        self.app, self.task = _procrastinate_app(self.url, None)
+        self.app, self.task, self.sleep_task = _procrastinate_app(self.url, None)
         await self.app.open_async()
         await self.app.schema_manager.apply_schema_async()
         await super().open()
@@ -188,8 +205,9 @@ class ProcrastinateProducer(Producer):
         else:
             await self.task.defer_async(key=key)
 
-    async def enqueue_batch(self, n: int) -> None:
-        await self.task.batch_defer_async(*([{}] * n))
+    async def enqueue_batch(self, n: int, kind: str = "noop") -> None:
+        task = self.task if kind == "noop" else self.sleep_task
+        await task.batch_defer_async(*([{}] * n))
 
     async def close(self) -> None:
         await super().close()
@@ -199,6 +217,7 @@ class ProcrastinateProducer(Producer):
 PRODUCERS: dict[str, type[Producer]] = {
     "litetask": LiteTaskProducer,
     "pgqueuer": PgQueuerProducer,
+    "pgqueuer-capped": PgQueuerProducer,
     "procrastinate": ProcrastinateProducer,
 }
 
@@ -220,6 +239,18 @@ async def _proc_noop(key: str | None = None) -> None:
 async def _pgq_noop(job: Any) -> None:
     if job.payload:
         report_start(job.payload.decode())
+
+
+async def _lt_sleep() -> None:
+    await asyncio.sleep(SLEEP_S)
+
+
+async def _proc_sleep() -> None:
+    await asyncio.sleep(SLEEP_S)
+
+
+async def _pgq_sleep(job: Any) -> None:
+    await asyncio.sleep(SLEEP_S)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +281,7 @@ class LiteTaskWorker(WorkerSide):
 
         self.app = LiteTask(self.url)
         self.app.task(name=TASK_NAME)(_lt_noop)
+        self.app.task(name=TASK_NAMES["sleep"])(_lt_sleep)
         await self.app.broker()
         self.worker = Worker(self.app, concurrency=self.concurrency, install_signal_handlers=False)
 
@@ -264,10 +296,12 @@ class LiteTaskWorker(WorkerSide):
 
 
 class PgQueuerWorker(WorkerSide):
+    mode: str | None = None  # None: --pgq-mode
+
     async def open(self) -> None:
         from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Queries, QueueManager
 
-        mode = self.options.get("pgq_mode", "global")
+        mode = self.mode or self.options.get("pgq_mode", "default")
         if self.options.get("pgq_driver", "conn") == "pool":
             self._conn = await asyncpg.create_pool(self.url, min_size=2, max_size=self.concurrency + 2)
             driver: Any = AsyncpgPoolDriver(self._conn)
@@ -276,15 +310,15 @@ class PgQueuerWorker(WorkerSide):
             driver = AsyncpgDriver(self._conn)
         self.qm = QueueManager(Queries(driver))
         c = self.concurrency
-        if mode == "global":
-            self.qm.entrypoint(TASK_NAME)(_pgq_noop)
+        limit = {"concurrency_limit": c} if mode == "entrypoint" else {}
+        self.qm.entrypoint(TASK_NAME, **limit)(_pgq_noop)
+        self.qm.entrypoint(TASK_NAMES["sleep"], **limit)(_pgq_sleep)
+        if mode == "default":
+            self.run_kw: dict[str, Any] = {}  # as pgqueuer's documentation runs it
+        elif mode == "capped":
             self.run_kw = {"batch_size": max(1, c // 2), "max_concurrent_tasks": c}
         elif mode == "entrypoint":
-            self.qm.entrypoint(TASK_NAME, concurrency_limit=c)(_pgq_noop)
             self.run_kw = {"batch_size": c}
-        elif mode == "unlimited":
-            self.qm.entrypoint(TASK_NAME)(_pgq_noop)
-            self.run_kw = {"batch_size": 10}
         else:
             raise ValueError(f"unknown pgqueuer mode {mode!r}")
 
@@ -302,7 +336,7 @@ class PgQueuerWorker(WorkerSide):
 class ProcrastinateWorker(WorkerSide):
     async def open(self) -> None:
         pool = self.options.get("proc_pool", self.concurrency + 2)
-        self.app, _ = _procrastinate_app(self.url, pool or None)
+        self.app, _, _ = _procrastinate_app(self.url, pool or None)
         await self.app.open_async()
 
     async def run(self) -> None:
@@ -317,8 +351,13 @@ class ProcrastinateWorker(WorkerSide):
         await self.app.close_async()
 
 
+class PgQueuerCappedWorker(PgQueuerWorker):
+    mode = "capped"
+
+
 WORKERS: dict[str, type[WorkerSide]] = {
     "litetask": LiteTaskWorker,
     "pgqueuer": PgQueuerWorker,
+    "pgqueuer-capped": PgQueuerCappedWorker,
     "procrastinate": ProcrastinateWorker,
 }

