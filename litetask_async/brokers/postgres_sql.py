@@ -26,6 +26,13 @@ INSERT INTO litetask_meta (key, value) VALUES ('schema_version', $1)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 
+# Every column of a task, in table order (litetask_queue and litetask_done have the same ones).
+COLUMNS = (
+    "seq, id, name, queue, priority, status, progress, args, kwargs, result, error, pid, attempts, "
+    "max_attempts, rescues, worker_id, cancel_requested, created_at, run_at, started_at, finished_at, "
+    "heartbeat_at, errors, unique_key, max_concurrency, status_message, trace_context"
+)
+
 # Migration n brings the schema from version n-1 to n. Never edit a released one; add the next.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -145,6 +152,79 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # The W3C trace context of the span that enqueued the task (OpenTelemetry, optional).
     6: ("ALTER TABLE litetask_tasks ADD COLUMN trace_context text",),
+    # Hot and finished tasks apart (benchmarks/README.md, "bench_postgres.py"): a status change
+    # used to write a new row version into all eleven indexes of one table, which also held
+    # every finished task. Pending and running tasks now live in litetask_queue: few indexes,
+    # all partial on what the claim, the rescue and the unique keys read, fillfactor 70 so that
+    # heartbeats and progress (no indexed column) are HOT updates, and autovacuum settings for a
+    # table whose rows all die young. A task that ends is deleted from it and inserted into
+    # litetask_done (insert-only), which keeps the operator views' indexes. litetask_tasks
+    # becomes a view of both, so reading it (status counts, one task) works as before.
+    7: (
+        "ALTER TABLE litetask_tasks RENAME TO litetask_done",
+        "CREATE SEQUENCE litetask_seq AS bigint",
+        # New tasks continue the numbering of the old identity column (keyset pages, order).
+        """
+        DO $$
+        DECLARE s text := pg_get_serial_sequence('litetask_done', 'seq'); v bigint;
+        BEGIN
+            EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM %s', s)
+                INTO v;
+            PERFORM setval('litetask_seq', greatest(v, coalesce((SELECT max(seq) FROM litetask_done), 0), 1));
+        END $$
+        """,
+        "ALTER TABLE litetask_done ALTER COLUMN seq DROP IDENTITY",
+        "DROP TRIGGER litetask_tasks_notify ON litetask_done",
+        """
+        CREATE TABLE litetask_queue (LIKE litetask_done INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+        WITH (fillfactor = 70,
+              autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000,
+              autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+              autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 20000,
+              autovacuum_vacuum_cost_delay = 0)
+        """,
+        "ALTER TABLE litetask_queue ALTER COLUMN seq SET DEFAULT nextval('litetask_seq')",
+        "ALTER SEQUENCE litetask_seq OWNED BY litetask_queue.seq",
+        "ALTER TABLE litetask_queue ADD PRIMARY KEY (id)",
+        "ALTER TABLE litetask_queue ADD CONSTRAINT litetask_queue_active CHECK (status IN ('pending', 'running'))",
+        f"INSERT INTO litetask_queue ({COLUMNS}) SELECT {COLUMNS} FROM litetask_done WHERE status IN ('pending', 'running')",
+        "DELETE FROM litetask_done WHERE status IN ('pending', 'running')",
+        # litetask_done keeps id, seq, (status, seq), (name, seq), (queue, seq) for the operator
+        # views; finished_at (purge, throughput) becomes a BRIN index: rows arrive in finishing
+        # order, and a BRIN index is written once per 128 pages, not once per row.
+        "DROP INDEX litetask_tasks_pending, litetask_tasks_running, litetask_tasks_unique, litetask_tasks_due, "
+        "litetask_tasks_limited, litetask_tasks_finished",
+        "CREATE INDEX litetask_done_finished ON litetask_done USING brin (finished_at) WITH (autosummarize = on)",
+        # The claim's index, in claim order; tasks with a concurrency limit have their own. No
+        # other index of pending rows covers run_at: the claim cannot be planned as "every due
+        # row, then sort" (O(backlog) per claim) when the statistics are stale, and they always
+        # are on a table whose size swings by the backlog. "When is the next task due" walks
+        # this index once per priority (NEXT_DUE).
+        """
+        CREATE INDEX litetask_queue_claim ON litetask_queue (priority DESC, run_at, seq)
+            WHERE status = 'pending' AND max_concurrency IS NULL
+        """,
+        """
+        CREATE INDEX litetask_queue_limited_due ON litetask_queue (run_at)
+            WHERE status = 'pending' AND max_concurrency IS NOT NULL
+        """,
+        # Running rows by worker (set at claim, unchanged while running): the rescue reads these
+        # few rows; heartbeats rewrite no indexed column.
+        "CREATE INDEX litetask_queue_running ON litetask_queue (worker_id) WHERE status = 'running'",
+        """
+        CREATE INDEX litetask_queue_limited ON litetask_queue (name)
+            WHERE status = 'running' AND max_concurrency IS NOT NULL
+        """,
+        # Every row here is pending or running: one active task per key.
+        "CREATE UNIQUE INDEX litetask_queue_unique ON litetask_queue (unique_key) WHERE unique_key IS NOT NULL",
+        """
+        CREATE TRIGGER litetask_queue_notify AFTER INSERT ON litetask_queue
+            FOR EACH STATEMENT EXECUTE FUNCTION litetask_notify()
+        """,
+        f"CREATE VIEW litetask_tasks AS SELECT {COLUMNS} FROM litetask_queue "
+        f"UNION ALL SELECT {COLUMNS} FROM litetask_done",
+        "ANALYZE litetask_queue",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -152,7 +232,7 @@ LATEST_VERSION = max(MIGRATIONS)
 # Arrays, one element per task. run_at: the given epoch time, else now() + countdown (both
 # NULL: now). A task whose unique_key is held by an active task is skipped (not returned).
 INSERT_MANY = """
-INSERT INTO litetask_tasks
+INSERT INTO litetask_queue
     (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency,
      trace_context)
 SELECT u.id, u.name, u.queue, u.priority, u.args, u.kwargs, u.max_attempts,
@@ -162,43 +242,32 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[], $6::json
             $8::float8[], $9::float8[], $10::text[], $11::int[], $12::text[])
      AS u(id, name, queue, priority, args, kwargs, max_attempts, countdown, eta, unique_key, max_concurrency,
           trace_context)
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 
 ACTIVE_BY_UNIQUE_KEYS = """
-SELECT unique_key, id FROM litetask_tasks
-WHERE unique_key = ANY($1::text[]) AND status IN ('pending', 'running')
+SELECT unique_key, id FROM litetask_queue WHERE unique_key = ANY($1::text[])
 """
 
 # The same insert for a caller's SQLAlchemy connection (transactional enqueue): named params.
 INSERT_ONE_SQLA = """
-INSERT INTO litetask_tasks
+INSERT INTO litetask_queue
     (id, name, queue, priority, args, kwargs, max_attempts, run_at, unique_key, max_concurrency,
      trace_context)
 VALUES (:id, :name, :queue, :priority, CAST(:args AS jsonb), CAST(:kwargs AS jsonb), :max_attempts,
         coalesce(to_timestamp(CAST(:eta AS float8)),
                  now() + make_interval(secs => coalesce(CAST(:countdown AS float8), 0))),
         :unique_key, :max_concurrency, :trace_context)
-ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 
 ACTIVE_BY_UNIQUE_KEY_SQLA = """
-SELECT id FROM litetask_tasks WHERE unique_key = :key AND status IN ('pending', 'running')
+SELECT id FROM litetask_queue WHERE unique_key = :key
 """
 
-# Tasks without a concurrency limit; $4 NULL = every queue.
-CLAIM = """
-WITH picked AS (
-    SELECT id FROM litetask_tasks
-    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
-      AND ($4::text[] IS NULL OR queue = ANY($4::text[]))
-    ORDER BY priority DESC, run_at, seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE litetask_tasks t
+_CLAIMED = """
 SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
     started_at = now(), heartbeat_at = now(), progress = 0
 FROM picked
@@ -206,11 +275,23 @@ WHERE t.id = picked.id
 RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context
 """
 
+# Tasks without a concurrency limit; $4 NULL = every queue.
+CLAIM = """
+WITH picked AS (
+    SELECT id FROM litetask_queue
+    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
+      AND ($4::text[] IS NULL OR queue = ANY($4::text[]))
+    ORDER BY priority DESC, run_at, seq
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE litetask_queue t""" + _CLAIMED
+
 # Serialises claims of tasks that have a concurrency limit, across all workers (transaction-scoped).
 LIMITED_LOCK = 0x6C69746574736B32
 
 HAS_LIMITED_DUE = """
-SELECT EXISTS (SELECT 1 FROM litetask_tasks
+SELECT EXISTS (SELECT 1 FROM litetask_queue
                WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NOT NULL
                  AND ($1::text[] IS NULL OR queue = ANY($1::text[])))
 """
@@ -218,29 +299,42 @@ SELECT EXISTS (SELECT 1 FROM litetask_tasks
 # Under LIMITED_LOCK: the k-th pending task of a name is claimable while running + k <= limit.
 CLAIM_LIMITED = """
 WITH running AS (
-    SELECT name, count(*) AS n FROM litetask_tasks
+    SELECT name, count(*) AS n FROM litetask_queue
     WHERE status = 'running' AND max_concurrency IS NOT NULL GROUP BY name
 ), ranked AS (
     SELECT t.id, t.priority, t.run_at, t.seq, t.max_concurrency, coalesce(r.n, 0) AS n,
            row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.run_at, t.seq) AS k
-    FROM litetask_tasks t LEFT JOIN running r ON r.name = t.name
+    FROM litetask_queue t LEFT JOIN running r ON r.name = t.name
     WHERE t.status = 'pending' AND t.run_at <= now() AND t.max_concurrency IS NOT NULL
       AND ($4::text[] IS NULL OR t.queue = ANY($4::text[]))
 ), picked AS (
     SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, seq LIMIT $3
 )
-UPDATE litetask_tasks t
-SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
-    started_at = now(), heartbeat_at = now(), progress = 0
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context
+UPDATE litetask_queue t""" + _CLAIMED
+
+# The earliest run_at of the pending tasks of queues $1 (NULL: all): the first entry of each
+# priority in the claim index (a loose scan: one probe per distinct priority), and the first of
+# the limited tasks' index.
+_EARLIEST_PENDING = """
+WITH RECURSIVE pr(p) AS (
+    SELECT max(priority) FROM litetask_queue WHERE status = 'pending' AND max_concurrency IS NULL
+    UNION ALL
+    SELECT (SELECT max(priority) FROM litetask_queue
+            WHERE status = 'pending' AND max_concurrency IS NULL AND priority < pr.p)
+    FROM pr WHERE pr.p IS NOT NULL
+)
+SELECT least(
+    (SELECT min((SELECT run_at FROM litetask_queue
+                 WHERE status = 'pending' AND max_concurrency IS NULL AND priority = pr.p
+                   AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
+                 ORDER BY priority DESC, run_at LIMIT 1))
+     FROM pr WHERE pr.p IS NOT NULL),
+    (SELECT min(run_at) FROM litetask_queue
+     WHERE status = 'pending' AND max_concurrency IS NOT NULL
+       AND ($1::text[] IS NULL OR queue = ANY($1::text[])))) AS earliest
 """
 
-NEXT_DUE = """
-SELECT extract(epoch FROM min(run_at) - now())::float8 FROM litetask_tasks
-WHERE status = 'pending' AND ($1::text[] IS NULL OR queue = ANY($1::text[]))
-"""
+NEXT_DUE = f"SELECT extract(epoch FROM earliest - now())::float8 FROM ({_EARLIEST_PENDING}) e"
 
 GET_TICK_FOR_UPDATE = "SELECT last_tick FROM litetask_schedules WHERE name = $1 FOR UPDATE"
 INSERT_TICK = "INSERT INTO litetask_schedules (name, last_tick) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
@@ -248,7 +342,7 @@ UPDATE_TICK = "UPDATE litetask_schedules SET last_tick = $2 WHERE name = $1"
 
 PURGE = """
 WITH doomed AS (
-    SELECT id FROM litetask_tasks
+    SELECT id FROM litetask_done
     WHERE status IN ('completed', 'failed', 'cancelled')
       AND finished_at < now() - make_interval(secs => $1)
     LIMIT $2
@@ -256,34 +350,71 @@ WITH doomed AS (
 ), gone_logs AS (
     DELETE FROM litetask_logs l USING doomed WHERE l.task_id = doomed.id
 )
-DELETE FROM litetask_tasks t USING doomed WHERE t.id = doomed.id
+DELETE FROM litetask_done t USING doomed WHERE t.id = doomed.id
 """
 
+# A task that ends moves: deleted from litetask_queue (its row, as deleted, is ``g``) and
+# inserted into litetask_done with these columns changed (a SQL expression over ``g`` each).
+def _move_to_done(source: str, changes: dict[str, str]) -> str:
+    exprs = [changes.get(c, f"g.{c}") for c in COLUMNS.split(", ")]
+    return (f"INSERT INTO litetask_done ({COLUMNS})\nSELECT {', '.join(exprs)}\nFROM {source} g\n"
+            "RETURNING id, status, max_concurrency IS NOT NULL")
+
+
 # Arrays, one element per outcome: id, new status, result, error, retry delay (s), attempts
-# given back, pid, worker, attempt. Applied only while the row is still that attempt's.
+# given back, pid, worker, attempt. Applied only while the row is still that attempt's. A final
+# outcome moves the task to litetask_done; a retry or a release puts it back to pending, unless
+# it was asked to cancel meanwhile (then it ends cancelled): ``held`` locks those rows first so
+# that a concurrent cancel is seen on their newest version.
 FINISH_MANY = """
-UPDATE litetask_tasks t
-SET status = CASE WHEN u.status = 'pending' AND t.cancel_requested THEN 'cancelled' ELSE u.status END,
-    result = coalesce(u.result::jsonb, t.result),
-    error = coalesce(u.error::jsonb, t.error),
-    errors = CASE WHEN u.error IS NULL THEN t.errors ELSE t.errors || jsonb_build_array(u.error::jsonb) END,
-    finished_at = CASE WHEN u.status = 'pending' AND NOT t.cancel_requested THEN NULL ELSE now() END,
-    run_at = CASE WHEN u.status = 'pending' THEN now() + make_interval(secs => u.delay) ELSE t.run_at END,
-    max_attempts = t.max_attempts + CASE WHEN t.cancel_requested THEN 0 ELSE u.giveback END,
-    progress = CASE WHEN u.status = 'completed' THEN 100 ELSE t.progress END,
-    pid = coalesce(u.pid, t.pid),
-    worker_id = CASE WHEN u.status = 'pending' THEN NULL ELSE t.worker_id END,
-    heartbeat_at = CASE WHEN u.status = 'pending' THEN NULL ELSE t.heartbeat_at END,
-    cancel_requested = false
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::int[], $7::int[],
-            $8::text[], $9::int[])
-     AS u(id, status, result, error, delay, giveback, pid, worker, attempt)
-WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = u.worker AND t.attempts = u.attempt
-RETURNING t.id, t.status, t.max_concurrency IS NOT NULL
+WITH u AS MATERIALIZED (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::int[],
+                         $7::int[], $8::text[], $9::int[])
+        AS u(id, status, result, error, delay, giveback, pid, worker, attempt)
+), held AS MATERIALIZED (
+    SELECT t.id, t.cancel_requested FROM litetask_queue t JOIN u ON t.id = u.id
+    WHERE u.status = 'pending' AND t.status = 'running' AND t.worker_id = u.worker AND t.attempts = u.attempt
+    FOR UPDATE OF t
+), gone AS (
+    DELETE FROM litetask_queue t USING u LEFT JOIN held h ON h.id = u.id
+    WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = u.worker AND t.attempts = u.attempt
+      AND (u.status <> 'pending' OR h.cancel_requested)
+    RETURNING t.*, u.status AS u_status, u.result AS u_result, u.error AS u_error, u.pid AS u_pid,
+              u.giveback AS u_giveback
+), moved AS (
+""" + _move_to_done("gone", {
+    "status": "CASE WHEN g.u_status = 'pending' THEN 'cancelled' ELSE g.u_status END",
+    "progress": "CASE WHEN g.u_status = 'completed' THEN 100 ELSE g.progress END",
+    "result": "coalesce(g.u_result::jsonb, g.result)",
+    "error": "coalesce(g.u_error::jsonb, g.error)",
+    "errors": "CASE WHEN g.u_error IS NULL THEN g.errors ELSE g.errors || jsonb_build_array(g.u_error::jsonb) END",
+    "pid": "coalesce(g.u_pid, g.pid)",
+    "max_attempts": "g.max_attempts + CASE WHEN g.cancel_requested THEN 0 ELSE g.u_giveback END",
+    "finished_at": "now()",
+    "cancel_requested": "false",
+}) + """
+), back AS (
+    UPDATE litetask_queue t
+    SET status = 'pending',
+        result = coalesce(u.result::jsonb, t.result),
+        error = coalesce(u.error::jsonb, t.error),
+        errors = CASE WHEN u.error IS NULL THEN t.errors ELSE t.errors || jsonb_build_array(u.error::jsonb) END,
+        finished_at = NULL,
+        run_at = now() + make_interval(secs => u.delay),
+        max_attempts = t.max_attempts + u.giveback,
+        pid = coalesce(u.pid, t.pid),
+        worker_id = NULL,
+        heartbeat_at = NULL,
+        cancel_requested = false
+    FROM held h JOIN u ON u.id = h.id
+    WHERE t.id = h.id AND NOT h.cancel_requested
+    RETURNING t.id, t.status, t.max_concurrency IS NOT NULL
+)
+SELECT * FROM moved UNION ALL SELECT * FROM back
 """
 
 UPDATE_RUNNING = """
-UPDATE litetask_tasks t
+UPDATE litetask_queue t
 SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid),
     status_message = coalesce(u.message, t.status_message),
     started_at = coalesce(now() - make_interval(secs => u.started_ago), t.started_at)
@@ -292,49 +423,78 @@ WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = $4
 """
 
 HEARTBEAT = """
-UPDATE litetask_tasks SET heartbeat_at = now()
+UPDATE litetask_queue SET heartbeat_at = now()
 WHERE id = ANY($2::text[]) AND status = 'running' AND worker_id = $1
 """
 
 # $1 max rescues, $2 lost-worker error, $3 timeout seconds. SKIP LOCKED: concurrent rescuers
-# split the stalled rows between them, so each is rescued exactly once.
+# split the stalled rows between them, so each is rescued exactly once. Put back to pending, or
+# (cancel requested, or rescued too often) ended and moved to litetask_done.
 REQUEUE_STALLED = """
-WITH stalled AS (
-    SELECT id FROM litetask_tasks
+WITH stalled AS MATERIALIZED (
+    SELECT id, cancel_requested, rescues FROM litetask_queue
     WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $3)
     FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM litetask_queue t USING stalled s
+    WHERE t.id = s.id AND (s.cancel_requested OR s.rescues >= $1)
+    RETURNING t.*
+), moved AS (
+""" + _move_to_done("gone", {
+    "status": "CASE WHEN g.cancel_requested THEN 'cancelled' ELSE 'failed' END",
+    "error": "$2::jsonb || jsonb_build_object('attempt', g.attempts)",
+    "errors": "g.errors || jsonb_build_array($2::jsonb || jsonb_build_object('attempt', g.attempts))",
+    "finished_at": "now()",
+    "run_at": "now()",
+    "rescues": "g.rescues + 1",
+    "worker_id": "NULL",
+    "heartbeat_at": "NULL",
+    "cancel_requested": "false",
+}) + """
+), back AS (
+    UPDATE litetask_queue t
+    SET status = 'pending',
+        max_attempts = t.max_attempts + 1,
+        error = $2::jsonb || jsonb_build_object('attempt', t.attempts),
+        errors = t.errors || jsonb_build_array($2::jsonb || jsonb_build_object('attempt', t.attempts)),
+        finished_at = NULL,
+        run_at = now(),
+        rescues = t.rescues + 1,
+        worker_id = NULL,
+        heartbeat_at = NULL,
+        cancel_requested = false
+    FROM stalled s
+    WHERE t.id = s.id AND NOT s.cancel_requested AND s.rescues < $1
+    RETURNING t.id, t.status
 )
-UPDATE litetask_tasks t
-SET status = CASE WHEN t.cancel_requested THEN 'cancelled' WHEN t.rescues < $1 THEN 'pending' ELSE 'failed' END,
-    max_attempts = t.max_attempts + CASE WHEN t.rescues < $1 AND NOT t.cancel_requested THEN 1 ELSE 0 END,
-    error = $2::jsonb || jsonb_build_object('attempt', t.attempts),
-    errors = t.errors || jsonb_build_array($2::jsonb || jsonb_build_object('attempt', t.attempts)),
-    finished_at = CASE WHEN t.rescues < $1 AND NOT t.cancel_requested THEN NULL ELSE now() END,
-    run_at = now(),
-    rescues = t.rescues + 1,
-    worker_id = NULL,
-    heartbeat_at = NULL,
-    cancel_requested = false
-FROM stalled
-WHERE t.id = stalled.id
-RETURNING t.id, t.status
+SELECT id, status FROM moved UNION ALL SELECT id, status FROM back
 """
 
-# One UPDATE, so that a row changed meanwhile (claimed, put back) is re-checked on its newest
-# version: pending -> cancelled at once; running -> flagged for its worker.
+# The row is locked first, so that a claim or a finish running meanwhile is seen on its newest
+# version: pending -> cancelled at once (moved to litetask_done); running -> flagged for its worker.
 CANCEL = """
-UPDATE litetask_tasks
-SET status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-    finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
-    cancel_requested = (status = 'running')
-WHERE id = $1 AND status IN ('pending', 'running')
-RETURNING id
+WITH hit AS MATERIALIZED (
+    SELECT id, status FROM litetask_queue WHERE id = $1 FOR UPDATE
+), gone AS (
+    DELETE FROM litetask_queue t USING hit WHERE t.id = hit.id AND hit.status = 'pending'
+    RETURNING t.*
+), moved AS (
+""" + _move_to_done("gone", {"status": "'cancelled'", "finished_at": "now()", "cancel_requested": "false"}) + """
+), flagged AS (
+    UPDATE litetask_queue t SET cancel_requested = true
+    FROM hit WHERE t.id = hit.id AND hit.status = 'running'
+    RETURNING t.id
+)
+SELECT id FROM moved UNION ALL SELECT id FROM flagged
 """
 
-EXISTS = "SELECT EXISTS (SELECT 1 FROM litetask_tasks WHERE id = $1)"
+EXISTS = """
+SELECT EXISTS (SELECT 1 FROM litetask_queue WHERE id = $1)
+    OR EXISTS (SELECT 1 FROM litetask_done WHERE id = $1)
+"""
 
 CANCEL_REQUESTED = """
-SELECT id FROM litetask_tasks WHERE id = ANY($1::text[]) AND cancel_requested
+SELECT id FROM litetask_queue WHERE id = ANY($1::text[]) AND cancel_requested
 """
 
 RECORD_COLUMNS = """
@@ -347,35 +507,65 @@ extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,
 extract(epoch FROM run_at)::float8 AS run_at, unique_key, status_message
 """
 
-SELECT_ONE = f"SELECT {RECORD_COLUMNS} FROM litetask_tasks WHERE id = $1"
+# One statement, one snapshot: a task moving from one table to the other is seen once.
+SELECT_ONE = f"""
+SELECT {RECORD_COLUMNS} FROM litetask_queue WHERE id = $1
+UNION ALL
+SELECT {RECORD_COLUMNS} FROM litetask_done WHERE id = $1
+LIMIT 1
+"""
 
-# Keyset pagination on seq, newest first; each filter is skipped when NULL.
+# Keyset pagination on seq, newest first; each filter is skipped when NULL. Each table gives
+# its own newest page (a table that cannot hold the status asked for is not read).
+_LIST_WHERE = """($2::text IS NULL OR name = $2) AND ($3::text IS NULL OR queue = $3)
+  AND ($5::bigint IS NULL OR seq < $5) AND ($1::text IS NULL OR status = $1)"""
 LIST = f"""
-SELECT {RECORD_COLUMNS} FROM litetask_tasks
-WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name = $2)
-  AND ($3::text IS NULL OR queue = $3)
-  AND ($5::bigint IS NULL OR seq < $5)
+SELECT * FROM (
+    (SELECT seq, {RECORD_COLUMNS} FROM litetask_queue
+     WHERE ($1::text IS NULL OR $1::text IN ('pending', 'running')) AND {_LIST_WHERE}
+     ORDER BY seq DESC LIMIT $4)
+    UNION ALL
+    (SELECT seq, {RECORD_COLUMNS} FROM litetask_done
+     WHERE ($1::text IS NULL OR $1::text NOT IN ('pending', 'running')) AND {_LIST_WHERE}
+     ORDER BY seq DESC LIMIT $4)
+) page
 ORDER BY seq DESC
 LIMIT $4
 """
 
-SEQ_OF = "SELECT seq FROM litetask_tasks WHERE id = $1"
+SEQ_OF = """
+SELECT seq FROM litetask_queue WHERE id = $1
+UNION ALL
+SELECT seq FROM litetask_done WHERE id = $1
+LIMIT 1
+"""
 
-RETRY = """
-UPDATE litetask_tasks
-SET status = 'pending', run_at = now(), finished_at = NULL, worker_id = NULL, heartbeat_at = NULL,
-    cancel_requested = false, max_attempts = attempts + 1, progress = 0, status_message = NULL
-WHERE id = $1 AND status IN ('failed', 'cancelled')
+# A failed or cancelled task goes back to litetask_queue, pending, with one more attempt allowed.
+RETRY = f"""
+WITH gone AS (
+    DELETE FROM litetask_done WHERE id = $1 AND status IN ('failed', 'cancelled')
+    RETURNING *
+)
+INSERT INTO litetask_queue ({COLUMNS})
+SELECT {", ".join({
+    "status": "'pending'", "run_at": "now()", "finished_at": "NULL", "worker_id": "NULL",
+    "heartbeat_at": "NULL", "cancel_requested": "false", "max_attempts": "g.attempts + 1",
+    "progress": "0", "status_message": "NULL"}.get(c, f"g.{c}") for c in COLUMNS.split(", "))}
+FROM gone g
 RETURNING id
 """
 
-STATS_COUNTS = "SELECT queue, status, count(*) FROM litetask_tasks GROUP BY queue, status"
-OLDEST_DUE = """
-SELECT extract(epoch FROM now() - min(run_at))::float8 FROM litetask_tasks
-WHERE status = 'pending' AND run_at <= now()
+STATS_COUNTS = """
+SELECT queue, status, count(*) FROM litetask_queue GROUP BY queue, status
+UNION ALL
+SELECT queue, status, count(*) FROM litetask_done GROUP BY queue, status
+"""
+OLDEST_DUE = f"""
+SELECT CASE WHEN earliest <= now() THEN extract(epoch FROM now() - earliest)::float8 END
+FROM ({_EARLIEST_PENDING.replace("$1::text[]", "NULL::text[]")}) e
 """
 FINISHED_SINCE = """
-SELECT status, count(*) FROM litetask_tasks
+SELECT status, count(*) FROM litetask_done
 WHERE status IN ('completed', 'failed') AND finished_at >= now() - interval '1 minute'
 GROUP BY status
 """
@@ -409,16 +599,18 @@ FROM litetask_logs WHERE task_id = $1 ORDER BY id LIMIT $2
 NOTIFY = "SELECT pg_notify($1, '')"
 
 NAME_COUNTS = """
-SELECT name, status, count(*), count(*) FILTER (WHERE attempts > 1) FROM litetask_tasks GROUP BY name, status
+SELECT name, status, count(*), count(*) FILTER (WHERE attempts > 1) FROM litetask_queue GROUP BY name, status
+UNION ALL
+SELECT name, status, count(*), count(*) FILTER (WHERE attempts > 1) FROM litetask_done GROUP BY name, status
 """
 DURATIONS = """
 SELECT name, {bucket} AS b, count(*), sum(extract(epoch FROM finished_at - started_at))::float8
-FROM litetask_tasks WHERE status IN ('completed', 'failed') AND started_at IS NOT NULL GROUP BY name, b
+FROM litetask_done WHERE status IN ('completed', 'failed') AND started_at IS NOT NULL GROUP BY name, b
 """
 THROUGHPUT = """
 SELECT (floor(extract(epoch FROM finished_at) / $1) * $1)::float8 AS b,
        count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'failed')
-FROM litetask_tasks
+FROM litetask_done
 WHERE status IN ('completed', 'failed') AND finished_at >= now() - make_interval(secs => $2)
 GROUP BY b ORDER BY b
 """

@@ -41,27 +41,87 @@ async def test_auto_migrate_off_refuses_missing_schema(postgres_url: str) -> Non
     await app.aclose()
 
 
-async def test_claim_uses_partial_index_with_many_finished_rows(postgres_url: str) -> None:
+async def test_claim_reads_the_claim_index_whatever_the_backlog_and_statistics(postgres_url: str) -> None:
+    """The claim reads litetask_queue_claim in claim order and stops after the rows it takes:
+    never the finished tasks, never "every due row, then sort", also when the statistics are
+    stale (a backlog enqueued after the last ANALYZE: the usual state of a queue table)."""
     app = LiteTask(postgres_url)
     await app.broker()
+    claim = sql.CLAIM.replace("$1", "'w'").replace("$2", "1").replace("$3", "10").replace("$4", "NULL")
     conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
     try:
         await conn.execute("""
-            INSERT INTO litetask_tasks (id, name, status, args, kwargs, finished_at)
-            SELECT 'done-' || g, 'x', 'completed', '[]', '{}', now() FROM generate_series(1, 50000) g
+            INSERT INTO litetask_done (seq, id, name, status, args, kwargs, finished_at)
+            SELECT nextval('litetask_seq'), 'done-' || g, 'x', 'completed', '[]', '{}', now()
+            FROM generate_series(1, 50000) g
         """)
+        await conn.execute("ANALYZE litetask_queue")  # empty: the statistics say "no rows"
+        await conn.execute("ANALYZE litetask_done")
         await conn.execute("""
-            INSERT INTO litetask_tasks (id, name, args, kwargs)
-            SELECT 'todo-' || g, 'x', '[]', '{}' FROM generate_series(1, 20) g
+            INSERT INTO litetask_queue (id, name, args, kwargs)
+            SELECT 'todo-' || g, 'x', '[]', '{}' FROM generate_series(1, 30000) g
         """)
-        await conn.execute("ANALYZE litetask_tasks")
-        plan = "\n".join(r[0] for r in await conn.fetch(
-            "EXPLAIN (ANALYZE, BUFFERS) " + sql.CLAIM.replace("$1", "'w'").replace("$2", "1").replace("$3", "10").replace("$4", "NULL")))
+        plans = []
+        for _ in range(2):  # stale statistics, then fresh ones (each claims 10 rows)
+            plans.append("\n".join(r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + claim)))
+            await conn.execute("ANALYZE litetask_queue")
     finally:
         await conn.close()
-    # one of the partial indexes over pending rows, never the 50,000 finished ones
-    assert "litetask_tasks_pending" in plan or "litetask_tasks_due" in plan, plan
-    assert "Seq Scan" not in plan, plan
+    for plan in plans:
+        assert "litetask_queue_claim" in plan, plan
+        assert "litetask_done" not in plan and "Seq Scan" not in plan and "Sort" not in plan, plan
+    await app.aclose()
+
+
+async def test_migration_7_moves_active_tasks_and_keeps_every_record(postgres_url: str) -> None:
+    """A database at schema 6 with tasks in every state: after migration 7 the pending and
+    running ones are in litetask_queue, the finished ones in litetask_done, litetask_tasks
+    (now a view) shows all of them unchanged, seq goes on from where it was, a unique key
+    held by a pending task still holds, and the tasks run."""
+    from litetask_async.brokers.postgres import migrate
+
+    conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
+    try:
+        async with conn.transaction():
+            await conn.execute(sql.CREATE_META)
+            for version in range(1, 7):
+                for stmt in sql.MIGRATIONS[version]:
+                    await conn.execute(stmt)
+                await conn.execute(sql.SET_VERSION, str(version))
+        await conn.execute("""
+            INSERT INTO litetask_tasks (id, name, status, args, kwargs, result, finished_at, unique_key,
+                                        worker_id, attempts, heartbeat_at)
+            VALUES ('p1', 'tests.jobs.aadd', 'pending', '[1, 2]', '{}', NULL, NULL, 'key-1', NULL, 0, NULL),
+                   ('r1', 'tests.jobs.aadd', 'running', '[3, 4]', '{}', NULL, NULL, NULL, 'w-gone', 1,
+                    now() - interval '1 hour'),
+                   ('c1', 'tests.jobs.aadd', 'completed', '[5, 6]', '{}', '11', now(), 'key-1', 'w', 1, now()),
+                   ('f1', 'tests.jobs.aadd', 'failed', '[7, 8]', '{}', NULL, now(), NULL, 'w', 1, now())
+        """)
+        await conn.execute("DELETE FROM litetask_tasks WHERE id = 'f1'")  # a purged task: seq moved on
+        await conn.execute("""
+            INSERT INTO litetask_tasks (id, name, status, args, kwargs, finished_at)
+            VALUES ('x1', 'tests.jobs.aadd', 'cancelled', '[]', '{}', now())
+        """)
+        before = {r["id"]: dict(r) for r in await conn.fetch(f"SELECT {sql.COLUMNS} FROM litetask_tasks")}
+        top = await conn.fetchval("SELECT max(seq) FROM litetask_tasks")
+        assert await migrate(conn) == sql.LATEST_VERSION
+        after = {r["id"]: dict(r) for r in await conn.fetch(f"SELECT {sql.COLUMNS} FROM litetask_tasks")}
+        assert after == before
+        assert {r[0] for r in await conn.fetch("SELECT id FROM litetask_queue")} == {"p1", "r1"}
+        assert {r[0] for r in await conn.fetch("SELECT id FROM litetask_done")} == {"c1", "x1"}
+        assert await conn.fetchval("SELECT nextval('litetask_seq')") > top
+    finally:
+        await conn.close()
+
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    assert await t["aadd"].configure(unique_key="key-1").adelay(9, 9) == "p1"  # held by the pending task
+    async with running_worker(app, heartbeat_interval=0.2, heartbeat_timeout=0.5):
+        assert (await app.wait("p1", 10)).result == 3
+        assert (await app.wait("r1", 10)).result == 7  # rescued from its vanished worker, then run
+    listed = [r.id for r in await app.list_tasks(limit=10)]
+    assert listed == ["x1", "c1", "r1", "p1"]  # newest first, by the seq they had
+    assert (await app.get_task("c1")).result == 11
     await app.aclose()
 
 
