@@ -152,6 +152,12 @@ class Worker:
         self._signals = 0
         self._retry_due: list[float] = []
         self.processed = 0
+        # Brokers that write outcomes and claim in one round trip (Broker.combines_finish_and_claim):
+        # while the claim loop is about to claim (_claimer_armed), finished tasks' outcomes are
+        # left for that claim to write; the flusher writes them otherwise, and always after a
+        # combined call failed (_combine_paused) until one of its own writes succeeds.
+        self._claimer_armed = False
+        self._combine_paused = False
 
     # --- public control ---
 
@@ -253,37 +259,72 @@ class Worker:
 
     # --- claiming ---
 
+    def _disarm_claimer(self) -> None:
+        """The claim loop goes to wait: outcomes left for its claim are the flusher's again."""
+        self._claimer_armed = False
+        if self._outcomes:
+            self._flush_wanted.set()
+
+    def _combine_outcomes(self, broker: Broker) -> bool:
+        """Whether finished tasks' outcomes go with the next claim (one round trip) instead of
+        being written on their own: the broker does that in one call, the claim loop is about
+        to claim (a slot is free: an outcome frees one, so it will), nothing must be written
+        before them (progress, logs, a pool start: the flusher keeps that order), and no
+        combined call failed since the flusher's last successful write."""
+        return (broker.combines_finish_and_claim and self._claimer_armed and not self._combine_paused
+                and not self._stopping.is_set() and len(self._running) < self.concurrency
+                and not self._progress and not self._logs and not self._starts)
+
     async def _claim_loop(self, broker: Broker) -> None:
         backoff = 0.1
-        while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()  # stop() sets it too
-                # let the other tasks finishing in this turn free their slots: one bigger claim
-                await asyncio.sleep(0)
-                continue
-            try:
-                claimed = await broker.claim(self.id, self.pid, free, self.queues)
-                backoff = 0.1
-            except Exception as exc:
-                log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
-                await self._wait_any(asyncio.sleep(backoff))
-                backoff = min(backoff * 2, 10.0)
-                continue
-            for c in claimed:
-                self._start(c)
-            if len(claimed) < free:
-                timeout = self._idle_timeout()
+        try:
+            while not self._stopping.is_set():
+                self._claimer_armed = True
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()  # stop() sets it too
+                    # let the other tasks finishing in this turn free their slots: one bigger claim
+                    await asyncio.sleep(0)
+                    continue
+                outcomes: list[Outcome] = []
+                if self._outcomes and self._combine_outcomes(broker):
+                    outcomes, self._outcomes = self._outcomes, []
                 try:
-                    due = await broker.next_due(self.queues)
-                except Exception:
-                    due = None
-                if due is not None and due > 0:
-                    # sleep until the nearest delayed task is due, not a fixed poll (a task due
-                    # already but not claimed waits for a concurrency slot: no busy loop)
-                    timeout = min(timeout, due + 0.005)
-                await self._wait_any(broker.wait_for_work(timeout))
+                    if outcomes:
+                        _, claimed = await broker.finish_and_claim(outcomes, self.id, self.pid, free, self.queues)
+                    else:
+                        claimed = await broker.claim(self.id, self.pid, free, self.queues)
+                    backoff = 0.1
+                except Exception as exc:
+                    if outcomes:  # not written: the flusher writes them, with its own retries
+                        self._outcomes[:0] = outcomes
+                        self._combine_paused = True
+                    self._disarm_claimer()
+                    log.warning("claim failed (%s); retrying in %.1fs", exc, backoff)
+                    await self._wait_any(asyncio.sleep(backoff))
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                for c in claimed:
+                    self._start(c)
+                if len(claimed) < free:
+                    self._disarm_claimer()
+                    await self._idle_wait(broker)
+        finally:
+            self._disarm_claimer()
+
+    async def _idle_wait(self, broker: Broker) -> None:
+        """Nothing (or not enough) to claim: wait for new work or a due task."""
+        timeout = self._idle_timeout()
+        try:
+            due = await broker.next_due(self.queues)
+        except Exception:
+            due = None
+        if due is not None and due > 0:
+            # sleep until the nearest delayed task is due, not a fixed poll (a task due
+            # already but not claimed waits for a concurrency slot: no busy loop)
+            timeout = min(timeout, due + 0.005)
+        await self._wait_any(broker.wait_for_work(timeout))
 
     def _idle_timeout(self) -> float:
         """How long to wait for a wake-up: the poll interval, or less when a task this worker
@@ -548,7 +589,10 @@ class Worker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._outcome_ready.wait(), 0.2)
             self._outcome_ready.clear()
-            outcomes, self._outcomes = self._outcomes, []
+            if self._combine_outcomes(broker):
+                outcomes = []  # the claim loop is about to claim: it writes them in that call
+            else:
+                outcomes, self._outcomes = self._outcomes, []
             updates = [self._with_start(u) for u in self._progress.values()]
             self._progress.clear()
             try:
@@ -576,6 +620,7 @@ class Worker:
                         outcomes = await self._finish_one_by_one(broker, outcomes)
                         if outcomes:
                             raise BrokerUnavailable("the database went away meanwhile") from exc
+                    self._combine_paused = False
                 backoff = 0.1
             except Exception as exc:
                 log.warning("writing %d result(s) failed (%s); keeping them, retrying in %.1fs",

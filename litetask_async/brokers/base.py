@@ -101,6 +101,20 @@ class Broker(abc.ABC):
         that was rescued meanwhile, or cancelled and finalised, is left alone.
         """
 
+    async def finish_and_claim(self, outcomes: Sequence[Outcome], worker_id: str, pid: int, limit: int,
+                               queues: Sequence[str] | None = None) -> tuple[list[str], list[ClaimedTask]]:
+        """:meth:`finish` these outcomes, then :meth:`claim` up to ``limit`` tasks; returns both
+        results. The outcomes are stored (durably, as by finish()) before this returns, and
+        an error means the claim did not happen. A broker that can do both in one round trip
+        (one transaction) overrides this; this default makes two calls."""
+        finished = await self.finish(outcomes) if outcomes else []
+        claimed = await self.claim(worker_id, pid, limit, queues) if limit > 0 else []
+        return finished, claimed
+
+    #: True when :meth:`finish_and_claim` is cheaper than finish() and claim() apart; the worker
+    #: then hands the outcomes it has to its next claim instead of writing them on their own.
+    combines_finish_and_claim: bool = False
+
     @abc.abstractmethod
     async def update_running(self, updates: Sequence[RunningUpdate], worker_id: str) -> None:
         """Store progress and pid of tasks running for ``worker_id``."""

@@ -103,6 +103,7 @@ class PostgresBroker(Broker):
     """Broker over PostgreSQL; see the module docstring."""
 
     poll_interval = 1.0
+    combines_finish_and_claim = True
 
     def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:
         self.url = url
@@ -304,6 +305,19 @@ class PostgresBroker(Broker):
             return []
         if connection is not None:
             return [await self._enqueue_in(connection, t) for t in tasks]
+        first = tasks[0]
+        if first.unique_key is None and all(
+                t.unique_key is None and t.name == first.name and t.queue == first.queue
+                and t.priority == first.priority and t.max_attempts == first.max_attempts
+                and t.countdown == first.countdown and t.eta == first.eta
+                and t.max_concurrency == first.max_concurrency and t.trace_context == first.trace_context
+                for t in tasks):
+            async with self._conn() as conn:
+                await conn.execute(
+                    sql.INSERT_UNIFORM, [t.id for t in tasks], [t.args_json for t in tasks],
+                    [t.kwargs_json for t in tasks], first.name, first.queue, first.priority,
+                    first.max_attempts, first.countdown, first.eta, first.max_concurrency, first.trace_context)
+            return [t.id for t in tasks]
         used: dict[str, str] = {}  # new task's id -> the id that stands for it
         pending = list(tasks)
         async with self._conn() as conn:
@@ -345,11 +359,33 @@ class PostgresBroker(Broker):
         qs = list(queues) if queues is not None else None
         async with self._conn() as conn:
             rows = list(await conn.fetch(sql.CLAIM, worker_id, pid, limit, qs))
-            if len(rows) < limit and await conn.fetchval(sql.HAS_LIMITED_DUE, qs):
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.LIMITED_LOCK)
-                    rows += await conn.fetch(sql.CLAIM_LIMITED, worker_id, pid, limit - len(rows), qs)
+            rows += await self._claim_limited(conn, worker_id, pid, limit - len(rows), qs)
         return [ClaimedTask(*row) for row in rows]
+
+    async def _claim_limited(self, conn: asyncpg.Connection, worker_id: str, pid: int, limit: int,
+                             qs: list[str] | None) -> list[Any]:
+        """Tasks with a concurrency limit, when the plain claim left room and some are due."""
+        if limit <= 0 or not await conn.fetchval(sql.HAS_LIMITED_DUE, qs):
+            return []
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", sql.LIMITED_LOCK)
+            return list(await conn.fetch(sql.CLAIM_LIMITED, worker_id, pid, limit, qs))
+
+    async def finish_and_claim(self, outcomes: Sequence[Outcome], worker_id: str, pid: int, limit: int,
+                               queues: Sequence[str] | None = None) -> tuple[list[str], list[ClaimedTask]]:
+        """One statement, one commit: the outcomes are written (committed before this returns,
+        as with finish()) and up to ``limit`` tasks claimed."""
+        if not outcomes or limit <= 0:
+            return await super().finish_and_claim(outcomes, worker_id, pid, limit, queues)
+        qs = list(queues) if queues is not None else None
+        async with self._conn() as conn:
+            rows = await conn.fetch(sql.FINISH_AND_CLAIM, *_outcome_columns(outcomes), worker_id, pid, limit, qs)
+            finished = [r for r in rows if r[0] == "f"]
+            claimed = [tuple(r)[1:9] for r in rows if r[0] == "c"]
+            if any(r[2] == "pending" or r[9] for r in finished):
+                await conn.execute(sql.NOTIFY, sql.CHANNEL)
+            claimed += await self._claim_limited(conn, worker_id, pid, limit - len(claimed), qs)
+        return [r[1] for r in finished], [ClaimedTask(*row) for row in claimed]
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         async with self._conn() as conn:
@@ -384,17 +420,8 @@ class PostgresBroker(Broker):
     async def finish(self, outcomes: Sequence[Outcome]) -> list[str]:
         if not outcomes:
             return []
-        cols: list[list[Any]] = [[] for _ in range(9)]
-        now = time.time()
-        for o in outcomes:
-            pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
-            values = (o.task_id, "pending" if pending else o.kind.value, o.result_json, o.error_json,
-                      bounded_delay(o.retry_delay, now), 1 if o.kind is OutcomeKind.RELEASE else 0,
-                      o.pid, o.worker_id, o.attempt)
-            for col, v in zip(cols, values, strict=True):
-                col.append(v)
         async with self._conn() as conn:
-            rows = await conn.fetch(sql.FINISH_MANY, *cols)
+            rows = await conn.fetch(sql.FINISH_MANY, *_outcome_columns(outcomes))
             # wake idle workers: a task is pending again, or a concurrency slot came free
             if any(r[1] == "pending" or r[2] for r in rows):
                 await conn.execute(sql.NOTIFY, sql.CHANNEL)
@@ -438,6 +465,21 @@ class PostgresBroker(Broker):
             if not await conn.fetchval(sql.EXISTS, task_id):
                 raise TaskNotFound(f"no task with id {task_id!r}")
             return False
+
+
+def _outcome_columns(outcomes: Sequence[Outcome]) -> list[list[Any]]:
+    """FINISH_MANY's nine arrays: id, new status, result, error, retry delay, attempts given
+    back, pid, worker, attempt."""
+    cols: list[list[Any]] = [[] for _ in range(9)]
+    now = time.time()
+    for o in outcomes:
+        pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
+        values = (o.task_id, "pending" if pending else o.kind.value, o.result_json, o.error_json,
+                  bounded_delay(o.retry_delay, now), 1 if o.kind is OutcomeKind.RELEASE else 0,
+                  o.pid, o.worker_id, o.attempt)
+        for col, v in zip(cols, values, strict=True):
+            col.append(v)
+    return cols
 
 
 async def _wait_first(*aws: Coroutine[Any, Any, Any], timeout: float) -> None:

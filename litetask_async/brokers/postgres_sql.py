@@ -246,6 +246,17 @@ ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
 RETURNING id
 """
 
+# The usual batch: one task's calls (adelay_many, or one adelay), no unique key: everything but
+# id and arguments is the same for every task, so it is sent once; no ON CONFLICT (speculative
+# insertion costs a WAL record per row).
+INSERT_UNIFORM = """
+INSERT INTO litetask_queue
+    (id, name, queue, priority, args, kwargs, max_attempts, run_at, max_concurrency, trace_context)
+SELECT u.id, $4, $5, $6, u.args, u.kwargs, $7,
+       coalesce(to_timestamp($9::float8), now() + make_interval(secs => coalesce($8::float8, 0))), $10, $11
+FROM unnest($1::text[], $2::jsonb[], $3::jsonb[]) AS u(id, args, kwargs)
+"""
+
 ACTIVE_BY_UNIQUE_KEYS = """
 SELECT unique_key, id FROM litetask_queue WHERE unique_key = ANY($1::text[])
 """
@@ -411,6 +422,37 @@ WITH u AS MATERIALIZED (
     RETURNING t.id, t.status, t.max_concurrency IS NOT NULL
 )
 SELECT * FROM moved UNION ALL SELECT * FROM back
+"""
+
+# FINISH_MANY ($1-$9) and CLAIM ($10 worker, $11 pid, $12 limit, $13 queues) in one statement,
+# so one commit and one round trip: rows ('f', id, status, limited) for the outcomes applied,
+# then ('c', the claimed task's columns). The claim sees the statement's snapshot: tasks put
+# back to pending by these outcomes are claimable from the next statement on.
+_FINISH_CTES = FINISH_MANY[:FINISH_MANY.rindex("SELECT * FROM moved")]
+FINISH_AND_CLAIM = _FINISH_CTES.rstrip() + """, picked AS (
+    SELECT id FROM litetask_queue
+    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
+      AND ($13::text[] IS NULL OR queue = ANY($13::text[]))
+    ORDER BY priority DESC, run_at, seq
+    LIMIT $12
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE litetask_queue t
+    SET status = 'running', worker_id = $10, pid = $11, attempts = t.attempts + 1,
+        started_at = now(), heartbeat_at = now(), progress = 0
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.attempts, t.max_attempts,
+              t.queue, t.trace_context
+), finished AS (
+    SELECT * FROM moved UNION ALL SELECT * FROM back
+)
+SELECT 'f' AS kind, f.id, f.status AS name, NULL AS args, NULL AS kwargs, NULL::int AS attempts,
+       NULL::int AS max_attempts, NULL AS queue, NULL AS trace_context, f.limited
+FROM finished f (id, status, limited)
+UNION ALL
+SELECT 'c', c.id, c.name, c.args, c.kwargs, c.attempts, c.max_attempts, c.queue, c.trace_context, NULL
+FROM claimed c
 """
 
 UPDATE_RUNNING = """

@@ -158,3 +158,40 @@ async def test_listener_reconnects_and_still_wakes_workers(postgres_url: str) ->
         # woken by NOTIFY, not by the 30 s poll
         assert rec.status is TaskStatus.COMPLETED and loop.time() - t0 < 5
     await app.aclose()
+
+
+async def test_finish_and_claim_is_one_statement_with_finish_and_claim_semantics(postgres_url: str) -> None:
+    """finish_and_claim writes outcomes as finish() does (only the worker's own attempt; a retry
+    whose task was asked to cancel ends cancelled) and claims as claim() does, in one commit."""
+    from litetask_async.records import Outcome, OutcomeKind
+
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    broker = await app.broker()
+    assert isinstance(broker, PostgresBroker) and broker.combines_finish_and_claim
+    a, b, c, d, e = [await t["aadd"].adelay(i, i) for i in range(5)]
+    first = {x.id: x for x in await broker.claim("w1", 1, 3)}
+    assert set(first) == {a, b, c}
+    assert await app.cancel(c) is True  # running: flagged for its worker
+    conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
+    try:
+        outcomes = [Outcome(a, "w1", 1, OutcomeKind.COMPLETED, result_json="0"),
+                    Outcome(b, "w1", 2, OutcomeKind.COMPLETED, result_json="2"),  # not its attempt
+                    Outcome(c, "w1", 1, OutcomeKind.RETRY, error_json='{"type": "E"}', retry_delay=0)]
+        finished, claimed = await broker.finish_and_claim(outcomes, "w1", 1, 5)
+        assert sorted(finished) == sorted([a, c])
+        assert sorted(x.id for x in claimed) == sorted([d, e])
+        assert (await app.get_task(a)).status is TaskStatus.COMPLETED
+        assert (await app.get_task(b)).status is TaskStatus.RUNNING
+        assert (await app.get_task(c)).status is TaskStatus.CANCELLED
+        assert {r[0] for r in await conn.fetch("SELECT id FROM litetask_done")} == {a, c}
+        assert {r[0] for r in await conn.fetch("SELECT id FROM litetask_queue WHERE status = 'running'")} == {b, d, e}
+        # a retry goes back to pending and is claimable by the next call, not by this one
+        finished, claimed = await broker.finish_and_claim(
+            [Outcome(d, "w1", 1, OutcomeKind.RETRY, error_json='{"type": "E"}', retry_delay=0)], "w1", 1, 5)
+        assert finished == [d] and claimed == []
+        assert (await app.get_task(d)).status is TaskStatus.PENDING
+        assert [x.id for x in await broker.claim("w1", 1, 5)] == [d]
+    finally:
+        await conn.close()
+    await app.aclose()
