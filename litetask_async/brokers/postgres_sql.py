@@ -455,6 +455,10 @@ SELECT 'c', c.id, c.name, c.args, c.kwargs, c.attempts, c.max_attempts, c.queue,
 FROM claimed c
 """
 
+# The workers vacuum litetask_queue themselves (PostgresBroker._finished); only its owner may.
+MAY_VACUUM = "SELECT pg_has_role(relowner, 'MEMBER') FROM pg_class WHERE oid = 'litetask_queue'::regclass"
+VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) litetask_queue"
+
 UPDATE_RUNNING = """
 UPDATE litetask_queue t
 SET progress = coalesce(u.progress, t.progress), pid = coalesce(u.pid, t.pid),

@@ -195,3 +195,30 @@ async def test_finish_and_claim_is_one_statement_with_finish_and_claim_semantics
     finally:
         await conn.close()
     await app.aclose()
+
+
+async def test_workers_vacuum_the_queue_table_every_so_many_tasks(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dead claim-index entries are cleared by the workers' own VACUUM (autovacuum visits a
+    database once a minute at most), so the claim does not step over more and more of them."""
+    from litetask_async.brokers import postgres as pg
+
+    monkeypatch.setattr(pg, "VACUUM_EVERY", 10)
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    ids = await t["aadd"].adelay_many([((i, i), {}) for i in range(30)])
+    async with running_worker(app):
+        for tid in ids:
+            assert (await app.wait(tid, 10)).status is TaskStatus.COMPLETED
+        conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
+        try:
+            for _ in range(50):
+                await conn.execute("SELECT pg_stat_clear_snapshot()")
+                if await conn.fetchval(
+                        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'litetask_queue'"):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("litetask_queue was not vacuumed")
+        finally:
+            await conn.close()
+    await app.aclose()
