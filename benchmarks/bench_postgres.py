@@ -51,6 +51,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -269,6 +270,7 @@ async def phase_processing(lib: str, url: str, *, enqueued: int, measured: int, 
         mon = await asyncpg.connect(url)
         try:
             relations = await C.relation_stats(mon, prod.tables)
+            claim_plan = await claim_cost(mon) if lib == "litetask" else None
         finally:
             await mon.close()
         out: dict[str, Any] = {
@@ -279,6 +281,7 @@ async def phase_processing(lib: str, url: str, *, enqueued: int, measured: int, 
             "commits_per_job": (after["commits"] - before["commits"]) / max(done, 1),
             "wal_bytes_per_job": (after["wal_bytes"] - before["wal_bytes"]) / max(done, 1),
             "relations": relations,
+            "claim_after": claim_plan,
         }
     finally:
         for w in procs:
@@ -287,6 +290,26 @@ async def phase_processing(lib: str, url: str, *, enqueued: int, measured: int, 
         if not closed:
             await prod.close()
     return out
+
+
+async def claim_cost(conn: asyncpg.Connection) -> dict[str, Any]:
+    """litetask's CLAIM of 10 as the phase left the table (dead tuples and all), in a
+    rolled-back transaction: execution time and buffers read, from EXPLAIN (ANALYZE, BUFFERS)."""
+    from litetask_async.brokers import postgres_sql as sql
+
+    stmt = sql.CLAIM.replace("$1", "'bench'").replace("$2", "0").replace("$3", "10").replace("$4", "NULL")
+    tr = conn.transaction()
+    await tr.start()
+    try:
+        lines = [r[0] for r in await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + stmt)]
+    finally:
+        await tr.rollback()
+    text = "\n".join(lines)
+    ms = re.search(r"Execution Time: ([\d.]+) ms", text)
+    hits = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", text)
+    return {"execution_ms": float(ms.group(1)) if ms else None,
+            "buffers": (int(hits.group(1)) + int(hits.group(2) or 0)) if hits else None,
+            "sort": "Sort" in text, "seq_scan": "Seq Scan" in text, "plan": lines}
 
 
 async def phase_latency(lib: str, url: str, n: int, concurrency: int, options: dict[str, Any],
@@ -430,6 +453,7 @@ def render_backlog(results: dict[str, dict[str, Any]], libs: list[str], args: ar
 
 def render_costs(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
     head = ["phase", "library", "jobs/s", "commits/job", "WAL bytes/job", "worker CPU ms/job",
+            "claim of 10 after the phase (ms, buffers)",
             "after the phase: tables (live / dead tuples, sizes, autovacuums)"]
     lines = []
     for key in ("processing", "multi_noop", "multi_sleep", "backlog_20k_1", "backlog_50k", "backlog_500k"):
@@ -437,8 +461,11 @@ def render_costs(results: dict[str, dict[str, Any]], libs: list[str]) -> str:
             ph = results.get(lib, {}).get(f"{key}_phase")
             if ph is None:
                 continue
+            cl = ph.get("claim_after")
             lines.append([key, lib, f"{ph['jobs_s']:,.0f}", f"{ph['commits_per_job']:.2f}",
                           f"{ph['wal_bytes_per_job']:,.0f}", f"{ph['worker_cpu_ms_per_job']:.3f}",
+                          "-" if not cl else f"{cl['execution_ms']:.2f} ms, {cl['buffers']}"
+                          + (", SORT" if cl["sort"] else "") + (", SEQ SCAN" if cl["seq_scan"] else ""),
                           C.fmt_rel(ph["relations"])])
     return table(head, lines)
 
