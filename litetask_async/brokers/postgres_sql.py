@@ -278,25 +278,32 @@ ACTIVE_BY_UNIQUE_KEY_SQLA = """
 SELECT id FROM litetask_queue WHERE unique_key = :key
 """
 
-_CLAIMED = """
-SET status = 'running', worker_id = $1, pid = $2, attempts = t.attempts + 1,
+# The claim's two halves, shared by CLAIM, CLAIM_LIMITED and FINISH_AND_CLAIM (which number
+# their parameters differently): which pending tasks without a concurrency limit to take, in
+# claim order, and how a taken row ("picked") becomes running.
+_PICK = """
+    SELECT id FROM litetask_queue
+    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
+      AND ({queues}::text[] IS NULL OR queue = ANY({queues}::text[]))
+    ORDER BY priority DESC, run_at, seq
+    LIMIT {limit}
+    FOR UPDATE SKIP LOCKED
+"""
+
+_TAKE = """
+UPDATE litetask_queue t
+SET status = 'running', worker_id = {worker}, pid = {pid}, attempts = t.attempts + 1,
     started_at = now(), heartbeat_at = now(), progress = 0
 FROM picked
 WHERE t.id = picked.id
+"""
+
+_CLAIMED = _TAKE.format(worker="$1", pid="$2") + """\
 RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context
 """
 
 # Tasks without a concurrency limit; $4 NULL = every queue.
-CLAIM = """
-WITH picked AS (
-    SELECT id FROM litetask_queue
-    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
-      AND ($4::text[] IS NULL OR queue = ANY($4::text[]))
-    ORDER BY priority DESC, run_at, seq
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE litetask_queue t""" + _CLAIMED
+CLAIM = "WITH picked AS (" + _PICK.format(queues="$4", limit="$3") + ")" + _CLAIMED
 
 # Serialises claims of tasks that have a concurrency limit, across all workers (transaction-scoped).
 LIMITED_LOCK = 0x6C69746574736B32
@@ -320,8 +327,7 @@ WITH running AS (
       AND ($4::text[] IS NULL OR t.queue = ANY($4::text[]))
 ), picked AS (
     SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, seq LIMIT $3
-)
-UPDATE litetask_queue t""" + _CLAIMED
+)""" + _CLAIMED
 
 # The earliest run_at of the pending tasks of queues $1 (NULL: all): the first entry of each
 # priority in the claim index (a loose scan: one probe per distinct priority), and the first of
@@ -429,19 +435,8 @@ SELECT * FROM moved UNION ALL SELECT * FROM back
 # then ('c', the claimed task's columns). The claim sees the statement's snapshot: tasks put
 # back to pending by these outcomes are claimable from the next statement on.
 _FINISH_CTES = FINISH_MANY[:FINISH_MANY.rindex("SELECT * FROM moved")]
-FINISH_AND_CLAIM = _FINISH_CTES.rstrip() + """, picked AS (
-    SELECT id FROM litetask_queue
-    WHERE status = 'pending' AND run_at <= now() AND max_concurrency IS NULL
-      AND ($13::text[] IS NULL OR queue = ANY($13::text[]))
-    ORDER BY priority DESC, run_at, seq
-    LIMIT $12
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE litetask_queue t
-    SET status = 'running', worker_id = $10, pid = $11, attempts = t.attempts + 1,
-        started_at = now(), heartbeat_at = now(), progress = 0
-    FROM picked
-    WHERE t.id = picked.id
+FINISH_AND_CLAIM = _FINISH_CTES.rstrip() + ", picked AS (" + _PICK.format(queues="$13", limit="$12") + \
+    "), claimed AS (" + _TAKE.format(worker="$10", pid="$11") + """\
     RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.attempts, t.max_attempts,
               t.queue, t.trace_context
 ), finished AS (
