@@ -213,7 +213,6 @@ class _Job:
     frame: bytes
     future: asyncio.Future[str]
     started: asyncio.Event = field(default_factory=asyncio.Event)
-    pid: int | None = None
     slot: _Slot | None = None
     kill_reason: str | None = None  # "timeout" or "cancel" once the worker killed its process
     handovers: int = 0  # times handed to a process that died before starting it
@@ -235,7 +234,6 @@ class _Slot:
     is_pidfd: bool = False  # exit_fd is a pidfd: signals go through it, never to a reused pid
     killed: bool = False  # SIGKILL sent: no new job for it
     started_any: bool = False  # it reported starting a job (so it did boot)
-    jobs_done: int = 0
 
 
 class ProcessRunner:
@@ -261,7 +259,6 @@ class ProcessRunner:
         self._closed = False
         self._early_deaths = 0  # processes that died before starting any job, in a row
         self._respawn: asyncio.TimerHandle | None = None
-        self.deaths = 0
 
     # --- public ---
 
@@ -380,7 +377,6 @@ class ProcessRunner:
         with contextlib.suppress(OSError):
             os.close(slot.exit_fd)
         self._slots.remove(slot)
-        self.deaths += 1
         if slot.started_any or slot.killed:
             self._early_deaths = 0
         else:
@@ -525,12 +521,10 @@ class ProcessRunner:
             return
         if kind == "start":
             slot.started_any = True
-            job.pid = value
             job.started.set()
             self._on_pid(task_id, value)
             return
         slot.job = None
-        slot.jobs_done += 1
         if not job.future.done():
             if kind == "result":
                 job.future.set_result(value)
