@@ -31,7 +31,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .app import LiteTask
-from .db_errors import connection_refusal, redact_url, rejected_value
+from .brokers.base import redact_url
+from .db_errors import connection_refusal, rejected_value
 from .exceptions import LiteTaskError, TaskNotFound
 from .records import LogRecord, TaskRecord, TaskStatus, WorkerInfo
 

@@ -50,13 +50,3 @@ def rejected_value(exc: BaseException) -> BaseException | None:
     """The asyncpg error in ``exc``'s chain saying a value given to PostgreSQL was refused
     (SQLSTATE class 22: a NUL character, text that is not UTF-8, a timestamp out of range), or None."""
     return next((e for e in _postgres_errors(exc) if _sqlstate(e).startswith(_DATA_EXCEPTION)), None)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password hidden, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: say nothing of it but its scheme
-        return url.split("://", 1)[0] + "://…"

@@ -31,7 +31,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import __version__
-from ..db_errors import connection_refusal, redact_url, rejected_value
+from ..brokers.base import redact_url
+from ..db_errors import connection_refusal, rejected_value
 from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
 from ..records import FINAL_STATUSES, TaskRecord, TaskStatus
 from . import ASGIApp
