@@ -71,14 +71,15 @@ async def run(add_id: str) -> None:
     # worker, owns Ctrl-C here.)
     worker = asyncio.create_task(app.run_worker(concurrency=4, install_signal_handlers=False))
     try:
-        # Draw a progress bar while crunch runs: poll its record and print each new value.
-        shown = -1
+        # Draw a progress bar while crunch runs: poll its record and print each new value (a new
+        # status counts too: 100 % may be stored while it still runs, then it completes).
+        shown: tuple[int, TaskStatus] | None = None
         while True:
             rec = await app.get_task(crunch_id)
             assert rec is not None
-            if rec.progress != shown:
-                shown = rec.progress
-                print(f"crunch {bar(shown)} ({rec.status})")
+            if (rec.progress, rec.status) != shown:
+                shown = (rec.progress, rec.status)
+                print(f"crunch {bar(rec.progress)} ({rec.status})")
             if rec.is_final:
                 break
             await asyncio.sleep(0.05)
