@@ -4,6 +4,9 @@ Side tasks, each named and watched (if one crashes, the worker stops instead of 
 
 - ``heartbeat``: marks this worker's running tasks alive, and puts back tasks of workers that
   stopped heartbeating (the rescue is one atomic statement, so exactly one worker rescues a task).
+  A running task this worker no longer holds (it was cut off from the database longer than the
+  heartbeat timeout, and another worker took the task up) is stopped here: its outcome would be
+  refused anyway, as the broker applies an outcome only to the attempt it belongs to.
 - ``cancel-watch``: notices cancellations requested from other processes and stops those tasks.
 - ``flusher``: writes outcomes and progress in batches; on a database error it keeps them and
   retries with backoff, so results computed during an outage are written when it returns.
@@ -73,7 +76,7 @@ class _TaskLogHandler(logging.Handler):
 class _Running:
     claimed: ClaimedTask
     handle: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # "cancel" or "shutdown" once we decided to stop it
+    stop_reason: str | None = None  # "cancel", "shutdown" or "lost" once we decided to stop it
     pid: int | None = None  # of the pool process running it
     logs: int = 0  # log records captured in this attempt
 
@@ -151,6 +154,8 @@ class Worker:
         self._broker: Broker | None = None
         self._signals = 0
         self._retry_due: list[float] = []
+        # the database's clock minus ours (Broker.clock_offset), kept fresh by the heartbeat
+        self._clock_offset = 0.0
         self.processed = 0
         # Brokers that write outcomes and claim in one round trip (Broker.combines_finish_and_claim):
         # while the claim loop is about to claim (_claimer_armed), finished tasks' outcomes are
@@ -184,7 +189,11 @@ class Worker:
         root.addHandler(handler)
         if not root.handlers[:-1] and (root.level == logging.NOTSET or root.level > logging.INFO):
             root.setLevel(logging.INFO)  # logging is not configured: let tasks' INFO be captured
-        self.started_at = datetime.now(UTC)
+        try:
+            self._clock_offset = await broker.clock_offset()
+        except Exception as exc:
+            log.warning("could not read the database's clock (using this machine's): %s", exc)
+        self.started_at = datetime.fromtimestamp(self._now(), UTC)
         try:
             await broker.register_worker(self.info())
         except Exception as exc:
@@ -251,9 +260,13 @@ class Worker:
         if crashed is not None:
             raise WorkerError(f"worker side task crashed: {crashed!r}") from crashed
 
+    def _now(self) -> float:
+        """Epoch seconds on the database's clock (as last measured)."""
+        return time.time() + self._clock_offset
+
     def info(self) -> WorkerInfo:
         """What ``app.workers()`` shows about this worker."""
-        now = datetime.now(UTC)
+        now = datetime.fromtimestamp(self._now(), UTC)
         return WorkerInfo(self.id, socket.gethostname(), self.pid, self.queues, self.concurrency,
                           len(self._running), getattr(self, "started_at", now), now)
 
@@ -292,7 +305,9 @@ class Worker:
                     outcomes, self._outcomes = self._outcomes, []
                 try:
                     if outcomes:
-                        _, claimed = await broker.finish_and_claim(outcomes, self.id, self.pid, free, self.queues)
+                        applied, claimed = await broker.finish_and_claim(outcomes, self.id, self.pid, free,
+                                                                         self.queues)
+                        _log_refused(outcomes, applied)
                     else:
                         claimed = await broker.claim(self.id, self.pid, free, self.queues)
                     backoff = 0.1
@@ -347,6 +362,13 @@ class Worker:
             await asyncio.gather(inner, stop, return_exceptions=True)
 
     def _start(self, claimed: ClaimedTask) -> None:
+        old = self._running.get(claimed.id)
+        if old is not None:
+            # An earlier attempt of ours, taken up again after this worker missed heartbeats
+            # (a network cut), before a heartbeat told us it was lost: the new attempt is the task's.
+            log.warning("task %s claimed again (attempt %d) while its attempt %d still runs here; "
+                        "stopping the old attempt", claimed.id, claimed.attempts, old.claimed.attempts)
+            self._interrupt(old, "lost")
         r = _Running(claimed)
         self._running[claimed.id] = r
         r.handle = asyncio.create_task(self._execute(r), name=f"task:{claimed.name}:{claimed.id}")
@@ -365,13 +387,16 @@ class Worker:
             log.exception("internal error while running task %s", c.id)
             outcome = self._outcome(c, OutcomeKind.FAILED,
                                     error_json=error_payload(exc, "InternalError", attempt=c.attempts))
-        self._running.pop(c.id, None)
+        if self._running.get(c.id) is r:
+            del self._running[c.id]
+        self._slot_freed.set()
+        if r.stop_reason == "lost":
+            return  # another worker runs it now: there is nothing of ours to write
         # its last progress update (if unwritten) stays: the flusher writes it before the outcome
         self._outcomes.append(outcome)
         self.processed += 1
         self._outcome_ready.set()
         self._flush_wanted.set()
-        self._slot_freed.set()
 
     async def _attempt(self, r: _Running) -> Outcome:
         c = r.claimed
@@ -410,7 +435,7 @@ class Worker:
             if r.stop_reason == "cancel":
                 return self._outcome(c, OutcomeKind.CANCELLED, error_json=error_payload(
                     None, "Cancelled", "the task was cancelled while running", attempt=c.attempts))
-            if r.stop_reason == "shutdown":
+            if r.stop_reason in ("shutdown", "lost"):
                 return self._outcome(c, OutcomeKind.RELEASE)
             raise
         except SerializationError as exc:
@@ -466,7 +491,7 @@ class Worker:
         return self._outcome(c, OutcomeKind.FAILED, error_json=err)
 
     def _interrupt(self, r: _Running, reason: str) -> None:
-        if r.stop_reason is None or reason == "cancel":  # a cancel beats a shutdown
+        if r.stop_reason is None or reason in ("cancel", "lost"):  # these beat a shutdown
             r.stop_reason = reason
         if r.handle is not None and not r.handle.done():
             r.handle.cancel()
@@ -488,7 +513,8 @@ class Worker:
             if r.logs != MAX_LOGS_PER_ATTEMPT + 1:
                 return
             level, message = "WARNING", f"more than {MAX_LOGS_PER_ATTEMPT} log records: the rest are dropped"
-        self._logs.append(LogRecord(task_id, r.claimed.attempts, utc_from_timestamp(at),  # type: ignore[arg-type]
+        self._logs.append(LogRecord(task_id, r.claimed.attempts,
+                                    utc_from_timestamp(at + self._clock_offset),  # type: ignore[arg-type]
                                     level, storable_text(message[:10_000])))
         self._flush_wanted.set()
 
@@ -510,11 +536,13 @@ class Worker:
         assert broker is not None
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            ids = list(self._running) + [o.task_id for o in self._outcomes]
+            running = dict(self._running)
+            ids = list(running) + [o.task_id for o in self._outcomes]
             try:
+                self._clock_offset = await broker.clock_offset()
                 await broker.worker_heartbeat(self.id, len(self._running))
                 if ids:
-                    await broker.heartbeat(self.id, ids)
+                    self._drop_lost(running, set(await broker.heartbeat(self.id, ids)))
                 rescued = await broker.requeue_stalled(self.heartbeat_timeout, self.max_rescues)
                 if rescued:
                     log.warning("took up %d task(s) of workers that stopped heartbeating: %s",
@@ -522,13 +550,24 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
 
+    def _drop_lost(self, running: dict[str, _Running], held: set[str]) -> None:
+        """Stop the tasks that were running here before the heartbeat and that this worker no
+        longer holds: another worker took them up (this one missed heartbeats, cut off from the
+        database) or they were ended from outside (a forced cancel)."""
+        for tid, r in running.items():
+            if tid not in held and self._running.get(tid) is r and r.stop_reason != "lost":
+                log.warning("task %s (%s, attempt %d) is no longer held by this worker (taken up by "
+                            "another after a missed heartbeat, or ended meanwhile); stopping it here",
+                            tid, r.claimed.name, r.claimed.attempts)
+                self._interrupt(r, "lost")
+
     async def _scheduler_loop(self) -> None:
         """Enqueue each periodic task's ticks as they come (exactly once across workers: the
         broker's compare-and-set on the last tick decides who enqueues)."""
         broker = self._broker
         assert broker is not None
         while True:
-            now = time.time()
+            now = self._now()  # ticks on the database's clock: every worker agrees on them
             for name, schedule in self.app.schedules.items():
                 task = self.app.tasks[name]
                 tick = schedule.latest_tick(now)
@@ -539,7 +578,7 @@ class Worker:
                         log.info("enqueued periodic task %s for its tick at %s", name, tick)
                 except Exception as exc:
                     log.warning("enqueuing periodic task %s failed: %s", name, exc)
-            now = time.time()
+            now = self._now()
             wake = min(s.next_tick(now) for s in self.app.schedules.values())
             await asyncio.sleep(min(max(0.0, wake - now) + 0.01, 5.0))
 
@@ -609,7 +648,7 @@ class Worker:
                         log.warning("dropping %d task log record(s): %s", len(logs), exc)
                 if outcomes:
                     try:
-                        await broker.finish(outcomes)
+                        _log_refused(outcomes, await broker.finish(outcomes))
                     except BrokerUnavailable:
                         raise
                     except Exception as exc:
@@ -646,7 +685,7 @@ class Worker:
         left = []
         for o in outcomes:
             try:
-                await broker.finish([o])
+                _log_refused([o], await broker.finish([o]))
                 continue
             except BrokerUnavailable:
                 left.append(o)
@@ -694,3 +733,17 @@ class Worker:
                 pass  # not the main thread, or not supported on this platform
         return installed
 
+
+
+def _log_refused(outcomes: Sequence[Outcome], applied: Sequence[str]) -> None:
+    """Say which outcomes the broker refused: their attempt is no longer the task's current one
+    (another worker took it up after this one missed heartbeats, or it was ended meanwhile)."""
+    if len(applied) == len(outcomes):
+        return
+    done = set(applied)
+    for o in outcomes:
+        if o.task_id not in done:
+            log.warning("outcome of task %s (attempt %d, %s) refused: the task is no longer this "
+                        "worker's attempt (taken up by another worker after a missed heartbeat, or "
+                        "ended meanwhile); the newer attempt's outcome stands", o.task_id, o.attempt,
+                        o.kind.value)

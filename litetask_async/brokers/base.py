@@ -83,6 +83,14 @@ class Broker(abc.ABC):
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         """Seconds until the earliest pending task of ``queues`` is due (<= 0: due now), or None."""
 
+    async def clock_offset(self) -> float:
+        """Seconds the database's clock is ahead of this machine's (negative: behind).
+
+        Brokers whose times come from this machine's clock (SQLite, memory) return 0. Workers
+        add it to the local time where they must agree with the database: periodic ticks and
+        log timestamps."""
+        return 0.0
+
     @abc.abstractmethod
     async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
         """Enqueue ``task`` for the periodic ``schedule``'s tick at ``tick`` (epoch seconds) unless
@@ -120,8 +128,10 @@ class Broker(abc.ABC):
         """Store progress and pid of tasks running for ``worker_id``."""
 
     @abc.abstractmethod
-    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
-        """Mark the given running tasks of ``worker_id`` alive as of now."""
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> list[str]:
+        """Mark the given running tasks of ``worker_id`` alive as of now. Returns the ids that
+        are still running for that worker; the others were taken up by another worker (rescued
+        after a missed heartbeat) or ended meanwhile."""
 
     @abc.abstractmethod
     async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:

@@ -275,13 +275,16 @@ class MemoryBroker(Broker):
                 if u.started_ago is not None:
                     row.started_at = time.time() - u.started_ago
 
-    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> list[str]:
         now = time.time()
+        held = []
         with self._store.lock:
             for tid in task_ids:
                 row = self._store.rows.get(tid)
                 if row is not None and row.status is TaskStatus.RUNNING and row.worker_id == worker_id:
                     row.heartbeat_at = now
+                    held.append(tid)
+        return held
 
     async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
         now = time.time()

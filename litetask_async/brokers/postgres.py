@@ -133,6 +133,8 @@ class PostgresBroker(Broker):
                 yield conn
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"PostgreSQL at {self._redacted()} is unavailable: {exc}") from exc
+        except TimeoutError as exc:  # no answer within the command timeout: a cut network, a hung server
+            raise BrokerUnavailable(f"PostgreSQL at {self._redacted()} did not answer in time") from exc
         except Exception as exc:
             if _is_connection_error(exc):
                 raise BrokerUnavailable(f"PostgreSQL at {self._redacted()} is unavailable: {exc}") from exc
@@ -430,6 +432,13 @@ class PostgresBroker(Broker):
             value = await conn.fetchval(sql.NEXT_DUE, list(queues) if queues is not None else None)
         return None if value is None else float(value)
 
+    async def clock_offset(self) -> float:
+        async with self._conn() as conn:
+            before = time.time()
+            db_now = float(await conn.fetchval(sql.CLOCK))
+            after = time.time()
+        return db_now - (before + after) / 2
+
     async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
         async with self._conn() as conn, conn.transaction():
             last = await conn.fetchval(sql.GET_TICK_FOR_UPDATE, schedule)
@@ -474,9 +483,9 @@ class PostgresBroker(Broker):
                                [u.progress for u in updates], [u.pid for u in updates], worker_id,
                                [u.message for u in updates], [u.started_ago for u in updates])
 
-    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> list[str]:
         async with self._conn() as conn:
-            await conn.execute(sql.HEARTBEAT, worker_id, list(task_ids))
+            return [r[0] for r in await conn.fetch(sql.HEARTBEAT, worker_id, list(task_ids))]
 
     async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
         async with self._conn() as conn:

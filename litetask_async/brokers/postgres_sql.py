@@ -351,6 +351,8 @@ SELECT least(
        AND ($1::text[] IS NULL OR queue = ANY($1::text[])))) AS earliest
 """
 
+CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
 NEXT_DUE = f"SELECT extract(epoch FROM earliest - now())::float8 FROM ({_EARLIEST_PENDING}) e"
 
 GET_TICK_FOR_UPDATE = "SELECT last_tick FROM litetask_schedules WHERE name = $1 FOR UPDATE"
@@ -466,6 +468,7 @@ WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = $4
 HEARTBEAT = """
 UPDATE litetask_queue SET heartbeat_at = now()
 WHERE id = ANY($2::text[]) AND status = 'running' AND worker_id = $1
+RETURNING id
 """
 
 # $1 max rescues, $2 lost-worker error, $3 timeout seconds. SKIP LOCKED: concurrent rescuers

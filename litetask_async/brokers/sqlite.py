@@ -512,9 +512,9 @@ def _op_update_running(conn: sqlite3.Connection, updates: Sequence[RunningUpdate
          u.task_id, worker_id) for u in updates])
 
 
-def _op_heartbeat(conn: sqlite3.Connection, worker_id: str, task_ids: Sequence[str]) -> None:
+def _op_heartbeat(conn: sqlite3.Connection, worker_id: str, task_ids: Sequence[str]) -> list[str]:
     now = time.time()
-    conn.executemany(sql.HEARTBEAT, [(now, t, worker_id) for t in task_ids])
+    return [t for t in task_ids if conn.execute(sql.HEARTBEAT, (now, t, worker_id)).fetchone() is not None]
 
 
 def _op_requeue_stalled(conn: sqlite3.Connection, timeout: float, max_rescues: int) -> list[str]:
@@ -679,8 +679,8 @@ class SQLiteBroker(Broker):
     async def update_running(self, updates: Sequence[RunningUpdate], worker_id: str) -> None:
         await self._write(_op_update_running, updates, worker_id)
 
-    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> None:
-        await self._write(_op_heartbeat, worker_id, task_ids)
+    async def heartbeat(self, worker_id: str, task_ids: Sequence[str]) -> list[str]:
+        return await self._write(_op_heartbeat, worker_id, task_ids)
 
     async def requeue_stalled(self, timeout: float, max_rescues: int) -> list[str]:
         return await self._write(_op_requeue_stalled, timeout, max_rescues)

@@ -224,6 +224,7 @@ WHERE id = ? AND status = 'running' AND worker_id = ?
 HEARTBEAT = """
 UPDATE litetask_tasks SET heartbeat_at = ?
 WHERE id = ? AND status = 'running' AND worker_id = ?
+RETURNING id
 """
 
 # Parameters: now, max_rescues, lost-worker error, cutoff.

@@ -361,3 +361,63 @@ async def test_pool_task_started_at_is_when_its_body_starts(app: LiteTask) -> No
     assert r2.started_at >= r1.started_at + datetime.timedelta(seconds=0.9), (r1.started_at, r2.started_at)
     assert r2.started_at >= r1.finished_at - datetime.timedelta(seconds=0.2)
     assert r2.pid == r2.result != os.getpid()
+
+
+async def _steal(app: LiteTask, task_id: str) -> None:
+    """Take the task from its worker, as another worker does after it missed heartbeats."""
+    b = await app.broker()
+    for _ in range(50):
+        if task_id in await b.requeue_stalled(0.0, 3):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"task {task_id} could not be taken up")
+
+
+async def test_an_attempt_taken_up_elsewhere_is_stopped_here(app: LiteTask, caplog: pytest.LogCaptureFixture) -> None:
+    attempts: list[int] = []
+    stopped = asyncio.Event()
+
+    @app.task
+    async def long_one() -> int:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                stopped.set()
+                raise
+        return len(attempts)
+
+    async with running_worker(app, concurrency=1, heartbeat_interval=0.2, heartbeat_timeout=30):
+        tid = await long_one.adelay()
+        while not attempts:
+            await asyncio.sleep(0.01)
+        await _steal(app, tid)
+        await asyncio.wait_for(stopped.wait(), 10)  # the next heartbeat finds it is not ours
+        rec = await app.wait(tid, 20)
+    assert rec.status is TaskStatus.COMPLETED and rec.result == 2 and rec.attempts == 2
+    assert "no longer held by this worker" in caplog.text
+
+
+async def test_a_late_outcome_is_refused_and_logged(app: LiteTask, caplog: pytest.LogCaptureFixture) -> None:
+    attempts: list[int] = []
+    go = asyncio.Event()
+
+    @app.task
+    async def racer() -> int:
+        attempts.append(len(attempts) + 1)
+        n = len(attempts)
+        if n == 1:
+            await go.wait()
+        return n
+
+    # heartbeats far apart: attempt 1 ends before this worker learns that it lost the task
+    async with running_worker(app, concurrency=1, heartbeat_interval=20, heartbeat_timeout=60):
+        tid = await racer.adelay()
+        while not attempts:
+            await asyncio.sleep(0.01)
+        await _steal(app, tid)
+        go.set()
+        rec = await app.wait(tid, 20)
+    assert rec.status is TaskStatus.COMPLETED and rec.result == 2 and rec.attempts == 2
+    assert re.search(rf"outcome of task {tid} \(attempt 1, completed\) refused", caplog.text), caplog.text

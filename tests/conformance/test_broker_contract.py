@@ -168,6 +168,24 @@ async def test_heartbeat_keeps_claim_alive(app: LiteTask) -> None:
     assert rec is not None and rec.status is TaskStatus.RUNNING
 
 
+async def test_heartbeat_returns_the_tasks_still_held(app: LiteTask) -> None:
+    b = await broker_of(app)
+    mine, rescued, other = nt(n=1), nt(n=2), nt(n=3)
+    await b.enqueue([mine, rescued, other])
+    await b.claim("w", 1, 2)
+    await b.claim("x", 2, 1)
+    await asyncio.sleep(0.3)
+    await b.heartbeat("w", [mine.id])
+    assert sorted(await b.requeue_stalled(0.25, 3)) == sorted([rescued.id, other.id])
+    # a rescued task, another worker's task and an unknown id are not held by "w"
+    assert await b.heartbeat("w", [mine.id, rescued.id, other.id, "nope"]) == [mine.id]
+
+
+async def test_clock_offset_is_small_on_one_machine(app: LiteTask) -> None:
+    b = await broker_of(app)
+    assert abs(await b.clock_offset()) < 1.0
+
+
 async def test_progress_and_pid_updates(app: LiteTask) -> None:
     b = await broker_of(app)
     t = nt()
