@@ -12,11 +12,9 @@ Screenshots of every page go to the test's ``tmp_path`` and to ``test-output/`` 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ import uvicorn
 from litetask_async import LiteTask, TaskStatus
 from tests import jobs
 from tests.conftest import running_worker
+from tests.system_packages import ensure_command
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -140,18 +139,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert not server_thread.is_alive(), "uvicorn did not stop"
 
 
-def _install_chromium() -> str | None:
-    """Like the embedded PostgreSQL, the browser is something the test suite sets up itself: on
-    a Debian machine where we are root, install Debian's chromium (never `playwright install`)."""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-        if subprocess.run(cmd, env=env, capture_output=True, timeout=900).returncode != 0:
-            return None
-    return shutil.which("chromium")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser | str]:
     """The browser, or why there is none (each test then fails with that message)."""
@@ -160,7 +147,7 @@ def browser() -> Iterator[Browser | str]:
     except ImportError as exc:
         yield f"Playwright for Python is not installed ({exc}): pip install -e '.[test]'"
         return
-    executable = shutil.which("chromium") or _install_chromium()
+    executable = ensure_command("chromium")
     if executable is None:
         yield ("Debian's chromium is not installed (`command -v chromium` finds nothing) and could "
                "not be installed here: run `apt-get update && apt-get install -y chromium`")
