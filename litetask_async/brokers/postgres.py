@@ -12,6 +12,10 @@
   with polling as a bounded fallback.
 - Schema: versioned migrations under an advisory lock, applied on first use unless the app was
   created with ``auto_migrate=False`` (then run ``litetask migrate``).
+- Behind a connection pooler in transaction mode (PgBouncer): ``?pooler=transaction`` in the URL
+  turns off named prepared statements (asyncpg's unnamed ones are parsed and executed before
+  one Sync, so the pooler keeps them on one server connection); LISTEN needs a session, so it
+  goes to ``listen_host``/``listen_port`` (the database itself) when given, else workers poll.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..exceptions import BrokerUnavailable, ConfigurationError, TaskNotFound
@@ -51,20 +56,74 @@ _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.Interfac
                       asyncpg.CannotConnectNowError, ConnectionError)
 
 
-def sqlalchemy_url(url: str) -> str:
-    """``postgresql://``/``postgres://``/``postgresql+asyncpg://`` to SQLAlchemy's asyncpg URL."""
+#: URL query parameters read by the broker itself (the others go to asyncpg as server settings).
+OPTIONS = ("pooler", "listen_host", "listen_port")
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """The broker's own URL parameters: ``pooler=transaction`` when a pooler in transaction mode
+    (PgBouncer's ``pool_mode = transaction``) stands between us and PostgreSQL, and where the
+    LISTEN connection goes (``listen_host``, ``listen_port``: the database itself)."""
+
+    transaction_pooler: bool = False
+    listen_host: str | None = None
+    listen_port: int | None = None
+
+
+def _parse(url: str) -> tuple[URL, ConnectOptions]:
     try:
         u = make_url(url)
     except Exception as exc:
         raise ConfigurationError(f"not a valid PostgreSQL URL: {redact_url(url)!r} ({exc})") from None
     if u.drivername not in ("postgresql", "postgres", "postgresql+asyncpg"):
         raise ConfigurationError(f"not a PostgreSQL URL (driver {u.drivername!r}): {redact_url(url)!r}")
+    q = {k: v for k, v in u.query.items() if k in OPTIONS}
+    for k, v in q.items():
+        if not isinstance(v, str):
+            raise ConfigurationError(f"URL parameter {k!r} is given twice in {redact_url(url)!r}")
+    pooler = q.get("pooler", "none")
+    if pooler not in ("transaction", "session", "none"):
+        raise ConfigurationError(f"URL parameter pooler={pooler!r} in {redact_url(url)!r}: use 'transaction' "
+                                 "(PgBouncer's pool_mode = transaction), 'session' or 'none'")
+    port: int | None = None
+    if "listen_port" in q:
+        try:
+            port = int(q["listen_port"])  # type: ignore[arg-type]
+            if not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            raise ConfigurationError(f"URL parameter listen_port={q['listen_port']!r} in {redact_url(url)!r} "
+                                     "is not a TCP port") from None
+    opts = ConnectOptions(pooler == "transaction", q.get("listen_host"), port)  # type: ignore[arg-type]
+    return u.difference_update_query(OPTIONS), opts
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://``/``postgres://``/``postgresql+asyncpg://`` to SQLAlchemy's asyncpg URL
+    (without the broker's own parameters, :data:`OPTIONS`)."""
+    u, _ = _parse(url)
     return u.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
+def connect_options(url: str) -> ConnectOptions:
+    """The broker's own parameters in ``url`` (see :class:`ConnectOptions`)."""
+    return _parse(url)[1]
+
+
 def asyncpg_dsn(url: str) -> str:
-    """The plain ``postgresql://`` DSN asyncpg wants, for the listener connection."""
+    """The plain ``postgresql://`` DSN asyncpg wants (without the broker's own parameters)."""
     return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def listen_dsn(url: str) -> str:
+    """Where the LISTEN connection goes: ``listen_host``/``listen_port`` when given."""
+    u, opts = _parse(url)
+    if opts.listen_host is not None:
+        u = u.set(host=opts.listen_host)
+    if opts.listen_port is not None:
+        u = u.set(port=opts.listen_port)
+    return u.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -109,6 +168,12 @@ class PostgresBroker(Broker):
         self.url = url
         self._sa_url = sqlalchemy_url(url)
         self._dsn = asyncpg_dsn(url)
+        self.options = connect_options(url)
+        # behind a transaction pooler, LISTEN only works on a direct connection
+        self._listen_dsn: str | None = listen_dsn(url)
+        if self.options.transaction_pooler and self.options.listen_host is None \
+                and self.options.listen_port is None:
+            self._listen_dsn = None
         self.auto_migrate = auto_migrate
         self.pool_size = pool_size
         self._pool: _Pool | None = None
@@ -146,7 +211,7 @@ class PostgresBroker(Broker):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        self._pool = _Pool(self._dsn, self.pool_size)
+        self._pool = _Pool(self._dsn, self.pool_size, self.options.transaction_pooler)
         try:
             async with self._conn() as conn:
                 if self.auto_migrate:
@@ -225,7 +290,7 @@ class PostgresBroker(Broker):
             lost = asyncio.Event()
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn, timeout=10)
+                conn = await asyncpg.connect(self._listen_dsn, timeout=10)
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(sql.CHANNEL, self._on_notify)
                 self._listening = True
@@ -327,7 +392,7 @@ class PostgresBroker(Broker):
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def wait_for_work(self, timeout: float) -> None:
-        if self._listener_task is None and self._pool is not None:
+        if self._listener_task is None and self._pool is not None and self._listen_dsn is not None:
             # Only processes that wait for work listen: a web process that just enqueues holds
             # no extra connection and is not sent every notification.
             self._listener_task = asyncio.create_task(self._listen_forever(), name="litetask-pg-listener")
@@ -554,8 +619,9 @@ class _Pool:
     connection comes back clean unless the statement was interrupted: then it is dropped.
     """
 
-    def __init__(self, dsn: str, size: int) -> None:
+    def __init__(self, dsn: str, size: int, transaction_pooler: bool = False) -> None:
         self._dsn = dsn
+        self._pooled = transaction_pooler
         self._idle: list[asyncpg.Connection] = []
         self._slots = asyncio.Semaphore(size)
         self._closed = False
@@ -567,7 +633,8 @@ class _Pool:
         async with self._slots:
             conn = self._idle.pop() if self._idle else await asyncpg.connect(
                 self._dsn, timeout=10, command_timeout=60,
-                server_settings={"application_name": "litetask_async"})
+                server_settings={"application_name": "litetask_async"},
+                statement_cache_size=0 if self._pooled else 100)
             try:
                 yield conn
             except BaseException as exc:
