@@ -57,18 +57,20 @@ _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.Interfac
 
 
 #: URL query parameters read by the broker itself (the others go to asyncpg as server settings).
-OPTIONS = ("pooler", "listen_host", "listen_port")
+OPTIONS = ("pooler", "listen_host", "listen_port", "pool_size")
 
 
 @dataclass(frozen=True)
 class ConnectOptions:
     """The broker's own URL parameters: ``pooler=transaction`` when a pooler in transaction mode
-    (PgBouncer's ``pool_mode = transaction``) stands between us and PostgreSQL, and where the
-    LISTEN connection goes (``listen_host``, ``listen_port``: the database itself)."""
+    (PgBouncer's ``pool_mode = transaction``) stands between us and PostgreSQL, where the
+    LISTEN connection goes (``listen_host``, ``listen_port``: the database itself), and the most
+    pooled connections a process opens per event loop (``pool_size``, default 10)."""
 
     transaction_pooler: bool = False
     listen_host: str | None = None
     listen_port: int | None = None
+    pool_size: int | None = None
 
 
 def _parse(url: str) -> tuple[URL, ConnectOptions]:
@@ -86,17 +88,22 @@ def _parse(url: str) -> tuple[URL, ConnectOptions]:
     if pooler not in ("transaction", "session", "none"):
         raise ConfigurationError(f"URL parameter pooler={pooler!r} in {redact_url(url)!r}: use 'transaction' "
                                  "(PgBouncer's pool_mode = transaction), 'session' or 'none'")
-    port: int | None = None
-    if "listen_port" in q:
-        try:
-            port = int(q["listen_port"])  # type: ignore[arg-type]
-            if not 0 < port < 65536:
-                raise ValueError
-        except ValueError:
-            raise ConfigurationError(f"URL parameter listen_port={q['listen_port']!r} in {redact_url(url)!r} "
-                                     "is not a TCP port") from None
-    opts = ConnectOptions(pooler == "transaction", q.get("listen_host"), port)  # type: ignore[arg-type]
+    port = _int_option(url, q, "listen_port", 1, 65535, "is not a TCP port")
+    size = _int_option(url, q, "pool_size", 1, 1000, "must be a whole number from 1 to 1000")
+    opts = ConnectOptions(pooler == "transaction", q.get("listen_host"), port, size)  # type: ignore[arg-type]
     return u.difference_update_query(OPTIONS), opts
+
+
+def _int_option(url: str, q: dict[str, Any], key: str, low: int, high: int, why: str) -> int | None:
+    if key not in q:
+        return None
+    try:
+        value = int(q[key])
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ConfigurationError(f"URL parameter {key}={q[key]!r} in {redact_url(url)!r} {why}")
+    return value
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -175,7 +182,7 @@ class PostgresBroker(Broker):
                 and self.options.listen_port is None:
             self._listen_dsn = None
         self.auto_migrate = auto_migrate
-        self.pool_size = pool_size
+        self.pool_size = self.options.pool_size or pool_size
         self._pool: _Pool | None = None
         self._wake = asyncio.Event()
         self._listener_task: asyncio.Task[None] | None = None

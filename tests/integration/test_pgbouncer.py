@@ -89,6 +89,7 @@ async def test_options_stay_out_of_the_connection_and_are_checked(postgres_url: 
     opts = connect_options(url)
     assert opts.transaction_pooler and opts.listen_host == host and opts.listen_port == port
     assert "pooler" not in asyncpg_dsn(url) and "listen" not in asyncpg_dsn(url)
+    assert PostgresBroker(f"{url}&pool_size=3").pool_size == 3 and PostgresBroker(url).pool_size == 10
     app = LiteTask(url)  # straight to PostgreSQL: the options do no harm there
     try:
         rec = await app.get_task(await app.task(name="x")(_noop).adelay())
@@ -97,7 +98,8 @@ async def test_options_stay_out_of_the_connection_and_are_checked(postgres_url: 
         await app.aclose()
     for bad, why in ((f"{postgres_url}?pooler=statement", "pooler='statement'"),
                      (f"{postgres_url}?pooler=transaction&listen_port=99999", "not a TCP port"),
-                     (f"{postgres_url}?listen_port=x", "not a TCP port")):
+                     (f"{postgres_url}?listen_port=x", "not a TCP port"),
+                     (f"{postgres_url}?pool_size=0", "from 1 to 1000")):
         with pytest.raises(ConfigurationError, match=why):
             LiteTask(bad)
 
