@@ -307,10 +307,13 @@ def setup_logging(level: str) -> None:
               help="Seconds running tasks get to finish on SIGTERM before they are put back.")
 @click.option("--max-rescues", type=int, default=3, show_default=True,
               help="Times a task may be taken up again after its worker vanished before it fails.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.01, max=3600), default=1.0, show_default=True,
+              help="Longest wait of an idle worker between two looks for due tasks, when no wake-up "
+                   "comes (PostgreSQL behind a transaction pooler without listen_host).")
 @click.option("--log-level", default="INFO", show_default=True)
 def worker(positional_app: str | None, app_spec: str | None, url: str | None, concurrency: int,
            queues: str | None, processes: int | None, heartbeat_interval: float, heartbeat_timeout: float,
-           grace_period: float, max_rescues: int, log_level: str) -> None:
+           grace_period: float, max_rescues: int, poll_interval: float, log_level: str) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal skips the grace period)."""
     if positional_app and app_spec:
         raise click.UsageError("give the app once: as MODULE:APP or as --app, not both")
@@ -318,7 +321,7 @@ def worker(positional_app: str | None, app_spec: str | None, url: str | None, co
     app = resolve_app(positional_app or app_spec, url, needs_tasks=True)
     serve_worker(app, concurrency=concurrency, queues=queues, processes=processes,
                  heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-                 grace_period=grace_period, max_rescues=max_rescues)
+                 grace_period=grace_period, max_rescues=max_rescues, poll_interval=poll_interval)
 
 
 #: Parameters of ``worker`` that choose the app; the others are the worker's own options, which
@@ -328,7 +331,7 @@ WORKER_APP_PARAMS = frozenset({"positional_app", "app_spec", "url"})
 
 def serve_worker(app: LiteTask, *, concurrency: int, queues: str | None, processes: int | None,
                  heartbeat_interval: float, heartbeat_timeout: float, grace_period: float,
-                 max_rescues: int) -> None:
+                 max_rescues: int, poll_interval: float = 1.0) -> None:
     """Run a worker for ``app`` until SIGTERM/SIGINT, then close the app; ``queues`` is the
     comma-separated ``--queues`` text. The body of ``litetask worker`` and of the Django command."""
     try:
@@ -337,7 +340,7 @@ def serve_worker(app: LiteTask, *, concurrency: int, queues: str | None, process
                 concurrency=concurrency, processes=processes,
                 queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
                 heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout,
-                grace_period=grace_period, max_rescues=max_rescues,
+                grace_period=grace_period, max_rescues=max_rescues, poll_interval=poll_interval,
             ))
     finally:
         app.close()
