@@ -359,6 +359,8 @@ class PostgresServer:
         self,
         *,
         port: int | None = None,
+        host: str = "127.0.0.1",
+        trust_networks: tuple[str, ...] = (),
         settings: Mapping[str, Any] | None = None,
         user: str = "postgres",
         run_as: str | None = None,
@@ -366,7 +368,12 @@ class PostgresServer:
         tmp_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         """
-        port: TCP port on 127.0.0.1; a free one is picked when None.
+        port: TCP port on ``host``; a free one is picked when None.
+        host: the one address the server listens on (and ``url`` names):
+            127.0.0.1 by default; tests/multihost gives the address of the
+            bridge its network namespaces reach it through.
+        trust_networks: client networks (CIDR) let in without a password,
+            besides loopback (initdb's pg_hba.conf entries).
         settings: postgresql.conf settings, merged over DEFAULT_SETTINGS.
         user: superuser created by initdb (``url`` names its ``postgres``
             database; create more with create_database()).
@@ -374,7 +381,8 @@ class PostgresServer:
             (default ``nobody``); ignored when not root.
         tmp_dir: parent of the temporary directory (default: system temp).
         """
-        self.host = "127.0.0.1"
+        self.host = host
+        self.trust_networks = trust_networks
         self._port = port
         self._port_fixed = port is not None
         self.settings: dict[str, Any] = {**DEFAULT_SETTINGS, **(settings or {})}
@@ -411,7 +419,7 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        """``postgresql://USER@127.0.0.1:PORT/DBNAME``."""
+        """``postgresql://USER@HOST:PORT/DBNAME`` (HOST: 127.0.0.1 unless given)."""
         return self.url_for(self.dbname)
 
     def url_for(self, dbname: str) -> str:
@@ -604,6 +612,8 @@ class PostgresServer:
             lines += [f"{k} = {_conf_value(v)}" for k, v in self.settings.items()]
             with conf.open("a") as f:
                 f.write("\n".join(lines) + "\n")
+            with (self.data_dir / "pg_hba.conf").open("a") as f:
+                f.writelines(f"host all all {net} trust\n" for net in self.trust_networks)
         except BaseException:
             shutil.rmtree(self.base_dir, ignore_errors=True)
             with _registry_lock:
