@@ -189,7 +189,10 @@ class Network:
         self._made = 0
         _networks.add(self)
         try:
-            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            # a MAC of its own: a bridge otherwise takes its ports' lowest one, and changes it
+            # (under the hosts' ARP caches) when that port goes down or up
+            mac = "02:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5))
+            _run("ip", "link", "add", self.bridge, "address", mac, "type", "bridge")
             _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
         except BaseException:
@@ -411,8 +414,21 @@ def heal(host: Host) -> None:
     _run("ip", "link", "set", "dev", host.veth, "up")
 
 
-def reachable(host: Host, address: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether a TCP connection from inside ``host`` to ``address:port`` succeeds within ``timeout``."""
-    res = host.run("timeout", str(timeout), "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}",
-                   timeout=timeout + 10)
+def diagnose(host: Host) -> str:
+    """The host's link, addresses and neighbours, and the bridge's ports: for failure messages."""
+    net = host.network
+    parts = [host.run("ip", "addr").stdout, host.run("ip", "neigh").stdout,
+             _run("ip", "-d", "link", "show", host.veth, check=False).stdout,
+             _run("bridge", "link", "show", check=False).stdout,
+             _run("ip", "addr", "show", net.bridge, check=False).stdout]
+    return "\n".join(parts)
+
+
+def reachable(host: Host, address: str, port: int, timeout: float = 1.0, attempt: float = 1.0) -> bool:
+    """Whether a TCP connection from inside ``host`` to ``address:port`` succeeds within
+    ``timeout``: new connections of ``attempt`` seconds each, one after the other (right after a
+    heal the first SYN can be lost; a connection retransmits it only after a second)."""
+    script = (f"until timeout {attempt} bash -c 'exec 3<>/dev/tcp/{address}/{port}' 2>/dev/null; "
+              "do sleep 0.05; done")
+    res = host.run("timeout", str(timeout), "bash", "-c", script, timeout=timeout + 10)
     return res.returncode == 0
