@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
@@ -105,17 +106,18 @@ async def clock_probe(n: int, seconds: float) -> dict[str, Any]:
 def pool_probe(n: int, seconds: float) -> dict[str, Any]:
     """A plain ``def`` task (a pool process runs it): returns that process's clock."""
     local = time.time()
-    time.sleep(seconds)
+    # not time.sleep: under libfaketime 0.9.10 with the monotonic clock left alone (as the
+    # harness runs it), its clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) fails with EINVAL
+    threading.Event().wait(seconds)
     return {**effect("end", n, 0), "local": local}
 
 
 @app.task
-async def spawn_delayed(n: int, child: int, countdown: float, queue: str) -> str:
+async def spawn_delayed(n: int, child: int, countdown: float, queue: str) -> dict[str, Any]:
     """Enqueues ``clock_probe(child)`` with a countdown into ``queue``, from this host."""
     attempt = current_attempt()
     task_id = await clock_probe.configure(countdown=countdown, queue=queue).adelay(child, 0.0)
-    effect("end", n, attempt)
-    return task_id
+    return {**effect("end", n, attempt), "child": task_id}
 
 
 if os.environ.get("LT_MH_TICK"):
