@@ -30,11 +30,14 @@ SHOWN = ("fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared
          "autovacuum", "max_connections")
 
 
-def start_server(url: str | None) -> tuple[str, PostgresServer | None]:
-    """``url`` as given, or a new embedded server with durable settings (call ``cleanup()``)."""
+def start_server(url: str | None, extra_settings: dict[str, Any] | None = None,
+                 ) -> tuple[str, PostgresServer | None]:
+    """``url`` as given, or a new embedded server with durable settings (call ``cleanup()``);
+    ``extra_settings`` (embedded server only) go into its postgresql.conf on top of those, for
+    settings that do not touch durability (e.g. ``shared_preload_libraries``)."""
     if url:
         return url, None
-    server = PostgresServer(settings=DURABLE_SETTINGS).start()
+    server = PostgresServer(settings={**DURABLE_SETTINGS, **(extra_settings or {})}).start()
     return server.url, server
 
 
