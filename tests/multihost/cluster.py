@@ -21,6 +21,8 @@ from tests.multihost import hosts
 from tests.multihost.hosts import Host, Network, WorkerProcess
 
 FINAL = ("completed", "failed", "cancelled")
+#: What ``Task.delay_many`` takes: (args, kwargs) per task.
+Calls = list[tuple[tuple[Any, ...], dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +130,7 @@ class Cluster:
 
     def bind(self, task: Task[Any, Any]) -> Task[Any, Any]:
         """The app module's task, registered on the test's own app (to enqueue it from here)."""
-        return self.app.task(task.fn, name=task.name)
+        return self.app.task(name=task.name)(task.fn)
 
     def status_counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self.fetch("SELECT status, count(*) FROM litetask_tasks GROUP BY status")}

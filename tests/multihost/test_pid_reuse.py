@@ -45,7 +45,8 @@ def test_same_pid_on_two_hosts(cluster: Cluster, tmp_path: Path) -> None:
     assert workers[a.name].id == ida != idb == workers[b.name].id, workers
     assert ida.startswith(f"{a.name}:1:") and idb.startswith(f"{b.name}:1:"), (ida, idb)
     for h, wid in ((a, ida), (b, idb)):
-        assert h.worker is not None and f"worker {wid} started" in h.worker.log_text(), h.worker.log_tail()
+        assert h.worker is not None
+        assert f"worker {wid} started" in h.worker.log_text(), h.worker.log_tail()
     for r in cluster.records():
         assert r["pid"] == 1 and r["worker_id"] == (ida if r["id"] in a_tasks else idb), dict(r)
     starts = {(e.n, e.host, e.pid) for e in cluster.effects() if e.event == "start"}

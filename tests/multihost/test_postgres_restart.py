@@ -11,6 +11,7 @@ import pytest
 from litetask_async import BrokerUnavailable
 from tests.multihost import app as mh
 from tests.multihost.cluster import (
+    Calls,
     Cluster,
     check_results_match_final_attempt,
     decode,
@@ -52,7 +53,7 @@ def test_postgres_restart_under_three_hosts(cluster: Cluster, mh_server: Postgre
         return {r["id"] for r in rows} >= set(ids.values())
 
     cluster.wait_until(heartbeating_again, 60, "every worker to heartbeat after the restart")
-    second = [((n, rnd.uniform(0.01, 0.03)), {}) for n in range(BATCH, 2 * BATCH)]
+    second: Calls = [((n, rnd.uniform(0.01, 0.03)), {}) for n in range(BATCH, 2 * BATCH)]
     # The test's own app is a producer whose pooled connection the restart closed (while idle).
     # The server is up: an enqueue should succeed. Checked last, so that the workers' checks run.
     producer_error: BrokerUnavailable | None = None
@@ -83,8 +84,8 @@ def test_postgres_restart_under_three_hosts(cluster: Cluster, mh_server: Postgre
     after = {h: sum(1 for r in records if host_of(r["worker_id"]) == h and r["finished_at"] > t_up) for h in ids}
     assert all(after.values()), f"a worker completed nothing after the restart: {after}\n{cluster.logs()}"
     for h in hs:
-        assert h.worker is not None and "failed" in h.worker.log_text(), \
-            f"{h.name}'s worker never noticed the restart\n{h.worker.log_tail()}"
+        assert h.worker is not None
+        assert "failed" in h.worker.log_text(), f"{h.name}'s worker never noticed the restart\n{h.worker.log_tail()}"
     report("postgres restart", [f"restarted in {restart_took:.2f}s ({t_up - t_down:.2f}s on its clock) with "
                                 f"{at_restart} ", f"completed after it per host {after}",
                                 f"{rescued} task(s) taken up again", f"{len(duplicates)} duplicate side effect(s)",

@@ -10,6 +10,7 @@ import pytest
 
 from tests.multihost import app as mh
 from tests.multihost.cluster import (
+    Calls,
     Cluster,
     check_results_match_final_attempt,
     exactly_once_rows,
@@ -30,7 +31,7 @@ def test_three_hosts_run_20000_tasks_once(cluster: Cluster) -> None:
     work = cluster.bind(mh.work)
     rnd = random.Random(11)
     # mostly no-ops; one in ten sleeps a few milliseconds
-    calls = [((n, rnd.uniform(0.002, 0.008) if n % 10 == 0 else 0.0), {}) for n in range(N)]
+    calls: Calls = [((n, rnd.uniform(0.002, 0.008) if n % 10 == 0 else 0.0), {}) for n in range(N)]
     t0 = time.monotonic()
     for k in range(0, N, 1000):
         work.delay_many(calls[k:k + 1000])
