@@ -62,6 +62,7 @@ class Cluster:
 
     def start(self, host: Host, *extra: str, faketime: str | None = None,
               env: dict[str, str] | None = None) -> WorkerProcess:
+        """Start the host's worker (tests/multihost/app.py) with ``extra`` worker options."""
         return hosts.start_worker(host, extra, env=env, faketime=faketime)
 
     def wait_registered(self, hosts_: Sequence[Host], timeout: float = 60) -> dict[str, str]:
