@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("litetask_async.worker")
 
 MAX_LOGS_PER_ATTEMPT = 1000
+#: Seconds a claim may be in flight before finished tasks' outcomes stop waiting to go with the
+#: next claim and are written on their own.
+CLAIM_PATIENCE = 0.5
 
 # The task an asyncio task of the worker is running (contextvars follow each asyncio task).
 _current_task: contextvars.ContextVar[str | None] = contextvars.ContextVar("litetask_task", default=None)
@@ -163,6 +166,7 @@ class Worker:
         # combined call failed (_combine_paused) until one of its own writes succeeds.
         self._claimer_armed = False
         self._combine_paused = False
+        self._claim_since: float | None = None  # monotonic start of the claim in flight
 
     # --- public control ---
 
@@ -282,9 +286,12 @@ class Worker:
         """Whether finished tasks' outcomes go with the next claim (one round trip) instead of
         being written on their own: the broker does that in one call, the claim loop is about
         to claim (a slot is free: an outcome frees one, so it will), nothing must be written
-        before them (progress, logs, a pool start: the flusher keeps that order), and no
-        combined call failed since the flusher's last successful write."""
+        before them (progress, logs, a pool start: the flusher keeps that order), no combined
+        call failed since the flusher's last successful write, and no claim has been in flight
+        for long (one stuck on a cut network would hold them back: the flusher writes them)."""
+        stuck = self._claim_since is not None and time.monotonic() - self._claim_since > CLAIM_PATIENCE
         return (broker.combines_finish_and_claim and self._claimer_armed and not self._combine_paused
+                and not stuck
                 and not self._stopping.is_set() and len(self._running) < self.concurrency
                 and not self._progress and not self._logs and not self._starts)
 
@@ -303,6 +310,7 @@ class Worker:
                 outcomes: list[Outcome] = []
                 if self._outcomes and self._combine_outcomes(broker):
                     outcomes, self._outcomes = self._outcomes, []
+                self._claim_since = time.monotonic()
                 try:
                     if outcomes:
                         applied, claimed = await broker.finish_and_claim(outcomes, self.id, self.pid, free,
@@ -312,6 +320,7 @@ class Worker:
                         claimed = await broker.claim(self.id, self.pid, free, self.queues)
                     backoff = 0.1
                 except Exception as exc:
+                    self._claim_since = None
                     if outcomes:  # not written: the flusher writes them, with its own retries
                         self._outcomes[:0] = outcomes
                         self._combine_paused = True
@@ -320,12 +329,14 @@ class Worker:
                     await self._wait_any(asyncio.sleep(backoff))
                     backoff = min(backoff * 2, 10.0)
                     continue
+                self._claim_since = None
                 for c in claimed:
                     self._start(c)
                 if len(claimed) < free:
                     self._disarm_claimer()
                     await self._idle_wait(broker)
         finally:
+            self._claim_since = None
             self._disarm_claimer()
 
     async def _idle_wait(self, broker: Broker) -> None:
@@ -621,7 +632,11 @@ class Worker:
         assert broker is not None
         backoff = 0.1
         while True:
-            await self._flush_wanted.wait()
+            if self._outcomes:  # left for the claim in flight: look again if it takes long
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_wanted.wait(), CLAIM_PATIENCE)
+            else:
+                await self._flush_wanted.wait()
             self._flush_wanted.clear()
             if not self._outcomes and not self._stopping.is_set():
                 # Only progress to write: gather more for a moment, but not past an outcome.

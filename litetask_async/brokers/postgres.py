@@ -642,6 +642,8 @@ class _Pool:
         if self._closed:
             raise BrokerUnavailable("the PostgreSQL broker was closed")
         async with self._slots:
+            while self._idle and self._idle[-1].is_closed():  # closed by the server meanwhile (a restart)
+                self._idle.pop().terminate()
             conn = self._idle.pop() if self._idle else await asyncpg.connect(
                 self._dsn, timeout=10, command_timeout=60,
                 server_settings={"application_name": "litetask_async"},

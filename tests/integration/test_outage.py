@@ -42,6 +42,25 @@ async def test_postgres_restart_loses_no_result(postgres_url: str, postgres_serv
     await app.aclose()
 
 
+async def test_first_enqueue_after_a_postgres_restart_succeeds(postgres_url: str,
+                                                              postgres_server: PostgresServer | None) -> None:
+    """The pool's idle connections were closed by the restart: they are thrown away, not handed
+    out (the first call after the restart used to fail with 'connection is closed')."""
+    if postgres_server is None:
+        pytest.skip("needs the embedded server to stop and start it (LITETASK_TEST_POSTGRES_URL is set)")
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    try:
+        await asyncio.gather(*(t["aadd"].adelay(i, i) for i in range(5)))  # several idle connections
+        await asyncio.to_thread(postgres_server.restart)
+        await asyncio.sleep(0.5)  # asyncpg has seen the connections close
+        tid = await t["aadd"].adelay(1, 2)
+        rec = await app.get_task(tid)
+        assert rec is not None and rec.status is TaskStatus.PENDING
+    finally:
+        await app.aclose()
+
+
 async def test_sqlite_locked_for_long(tmp_path: Path) -> None:
     db = tmp_path / "locked.db"
     app = LiteTask(f"sqlite:///{db}?busy_timeout=1")

@@ -222,3 +222,39 @@ async def test_workers_vacuum_the_queue_table_every_so_many_tasks(postgres_url: 
         finally:
             await conn.close()
     await app.aclose()
+
+
+async def test_outcomes_do_not_wait_for_a_stuck_claim(postgres_url: str) -> None:
+    """Outcomes normally go with the next claim (one statement); a claim stuck in flight (a
+    statement waiting on a cut network) must not hold back the outcomes of tasks that finish
+    meanwhile: after CLAIM_PATIENCE the flusher writes them on its own."""
+    app = LiteTask(postgres_url)
+    started = asyncio.Event()
+
+    @app.task
+    async def brief() -> str:
+        started.set()
+        await asyncio.sleep(1.0)
+        return "done"
+
+    release = asyncio.Event()
+    try:
+        broker = await app.broker()
+        real_claim = broker.claim
+
+        async def stuck_claim(*args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+            if started.is_set():
+                await release.wait()
+            return await real_claim(*args, **kwargs)  # type: ignore[arg-type]
+
+        broker.claim = stuck_claim  # type: ignore[method-assign]
+        async with running_worker(app, concurrency=2, poll_interval=0.05):
+            try:
+                tid = await brief.adelay()
+                rec = await app.wait(tid, 10)  # written while the next claim is still stuck
+                assert rec.status is TaskStatus.COMPLETED and rec.result == "done"
+            finally:
+                release.set()  # or the worker cannot stop: its claim loop waits on it
+    finally:
+        release.set()
+        await app.aclose()
