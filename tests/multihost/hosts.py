@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.pg_server import _pid_alive as pid_alive
 from tests.system_packages import ensure_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,16 +71,6 @@ def _run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
     if check and res.returncode != 0:
         raise HostsUnavailable(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip()}")
     return res
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @functools.cache
@@ -135,14 +126,14 @@ def reap_leftovers() -> list[str]:
     names = [line.split(" ")[0] for line in _run("ip", "netns", "list", check=False).stdout.splitlines()]
     for name in names:
         m = _TAG.match(name)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             _delete_netns(name)
             removed.append(name)
     for line in _run("ip", "-o", "link", "show", check=False).stdout.splitlines():
         parts = line.split(":")
         name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
         m = _TAG.match(name)
-        if m and not _pid_alive(int(m.group(1), 16)):
+        if m and not pid_alive(int(m.group(1), 16)):
             _run("ip", "link", "del", name, check=False)
             removed.append(name)
     return removed
