@@ -152,14 +152,35 @@ class Task(Generic[P, R]):
             raise RuntimeError(f"task {self.name!r} is not registered with an app")
         return self.app
 
+    def prepare_many(self, calls: Iterable[Call], options: CallOptions | None = None) -> list[NewTask]:
+        """:meth:`prepare` for many calls: the options are resolved once, the ids drawn at once."""
+        calls = calls if isinstance(calls, list) else list(calls)
+        o = options or _NO_OPTIONS
+        name, arity, bind = self.name, self._plain_arity, self._call_signature.bind
+        queue = o.queue if o.queue is not None else self.queue
+        priority = o.priority if o.priority is not None else self.priority
+        max_attempts, countdown, eta = self.retries + 1, o.countdown, o.eta
+        unique_key, max_concurrency = o.unique_key, self.max_concurrency
+        what_args, what_kwargs = f"arguments of task {name!r}", f"keyword arguments of task {name!r}"
+        news = []
+        for (args, kwargs), task_id in zip(calls, new_ids(len(calls)), strict=True):
+            if kwargs or len(args) != arity:
+                try:
+                    bind(*args, **kwargs)
+                except TypeError as exc:
+                    raise TypeError(f"bad arguments for task {name!r}: {exc}") from None
+            news.append(NewTask(
+                task_id, name, dumps(args if type(args) is tuple or type(args) is list else list(args), what_args),
+                dumps(kwargs, what_kwargs), queue, priority, max_attempts, countdown, eta, unique_key,
+                max_concurrency))
+        return news
+
     async def _submit(self, calls: Iterable[Call], options: CallOptions | None,
                       connection: Any = None) -> list[str]:
-        news = [self.prepare(a, k, options) for a, k in calls]
-        return await self._app._enqueue(news, connection)
+        return await self._app._enqueue(self.prepare_many(calls, options), connection)
 
     def _submit_sync(self, calls: Iterable[Call], options: CallOptions | None) -> list[str]:
-        news = [self.prepare(a, k, options) for a, k in calls]
-        return self._app._enqueue_sync(news)
+        return self._app._enqueue_sync(self.prepare_many(calls, options))
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue from async code; returns the task's id once it is stored.
@@ -195,12 +216,14 @@ class Task(Generic[P, R]):
     def decode_arguments(self, args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
         """Stored JSON to call arguments, with models rebuilt from their dicts."""
         try:
-            args = loads(args_json)
-            kwargs = loads(kwargs_json)
+            args = [] if args_json == "[]" else loads(args_json)
+            kwargs = {} if kwargs_json == "{}" else loads(kwargs_json)
         except RecursionError:
             raise ValueError("stored arguments are nested too deeply to decode") from None
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError("stored arguments are not a JSON list and object")
+        if not kwargs and len(args) == self._plain_arity and not self._models:
+            return args, kwargs  # exactly the positional parameters: they fit, nothing to rebuild
         try:
             bound = self._call_signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -367,13 +390,26 @@ def check_text(value: object, field: str, *, empty_ok: bool = False) -> str:
     return value
 
 
+def new_ids(n: int) -> list[str]:
+    """``n`` new task ids: 32 hex digits, the time in milliseconds (12 digits) then 80 random
+    bits. Ids made later sort later, so an insert lands at the right edge of the id index (one
+    page, mostly cached and already dirty) instead of on a random page of it: in PostgreSQL that
+    is about a tenth of a batch insert's time, fewer pages to write back and fewer full-page
+    images in the WAL after a checkpoint; in SQLite, fewer pages per commit."""
+    prefix = f"{time.time_ns() // 1_000_000:012x}"
+    if n == 1:
+        return [prefix + os.urandom(10).hex()]
+    rand = os.urandom(10 * n).hex()
+    return [prefix + rand[i:i + 20] for i in range(0, 20 * n, 20)]
+
+
 def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: str = "default",
              priority: int = 0, max_attempts: int = 1, countdown: float | None = None,
              eta: float | None = None, unique_key: str | None = None,
              max_concurrency: int | None = None) -> NewTask:
     """A new pending task with its arguments serialised (raises SerializationError)."""
     return NewTask(
-        id=os.urandom(16).hex(),  # 128 random bits, like uuid4().hex but cheaper
+        id=new_ids(1)[0],
         name=name,
         args_json=dumps(list(args), f"arguments of task {name!r}"),
         kwargs_json=dumps(kwargs, f"keyword arguments of task {name!r}"),

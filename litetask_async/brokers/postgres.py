@@ -424,12 +424,17 @@ class PostgresBroker(Broker):
                 and t.countdown == first.countdown and t.eta == first.eta
                 and t.max_concurrency == first.max_concurrency and t.trace_context == first.trace_context
                 for t in tasks):
-            async with self._conn() as conn:
-                await conn.execute(
-                    sql.INSERT_UNIFORM, [t.id for t in tasks], [t.args_json for t in tasks],
-                    [t.kwargs_json for t in tasks], first.name, first.queue, first.priority,
-                    first.max_attempts, first.countdown, first.eta, first.max_concurrency, first.trace_context)
-            return [t.id for t in tasks]
+            sep, seps = sql.UNIT_SEP, len(tasks) - 1
+            ids = [t.id for t in tasks]
+            joined = (sep.join(ids), sep.join([t.args_json for t in tasks]),
+                      sep.join([t.kwargs_json for t in tasks]))
+            if all(text.count(sep) == seps for text in joined):  # else: an id holds the separator
+                async with self._conn() as conn:
+                    await conn.execute(
+                        sql.INSERT_UNIFORM, *joined, first.name, first.queue, first.priority,
+                        first.max_attempts, first.countdown, first.eta, first.max_concurrency,
+                        first.trace_context)
+                return ids
         used: dict[str, str] = {}  # new task's id -> the id that stands for it
         pending = list(tasks)
         async with self._conn() as conn:
