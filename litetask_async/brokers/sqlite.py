@@ -217,24 +217,34 @@ class SQLiteWriter:
         try:
             _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
             alone = len(batch) == 1  # no neighbour to protect: no savepoint
-            for fn, args, fut in batch:
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                if alone:
+            if alone:
+                fn, args, fut = batch[0]
+                if fut.set_running_or_notify_cancel():
                     try:
                         results.append((fut, fn(conn, *args), None))
                     except Exception as exc:
                         conn.execute("ROLLBACK")
                         results.append((fut, None, exc))
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((fut, fn(conn, *args), None))
-                    conn.execute("RELEASE op")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    results.append((fut, None, exc))
+            else:
+                live = [op for op in batch if op[2].set_running_or_notify_cancel()]
+                i = 0
+                while i < len(live):
+                    end = i  # a run of plain inserts, in batch order, goes in as one statement
+                    while end < len(live) and _plain_insert(live[end]):
+                        end += 1
+                    if end - i > 1 and _insert_together(conn, live[i:end], results):
+                        i = end
+                        continue
+                    for fn, args, fut in live[i:max(end, i + 1)]:
+                        conn.execute("SAVEPOINT op")
+                        try:
+                            results.append((fut, fn(conn, *args), None))
+                            conn.execute("RELEASE op")
+                        except Exception as exc:
+                            conn.execute("ROLLBACK TO op")
+                            conn.execute("RELEASE op")
+                            results.append((fut, None, exc))
+                    i = max(end, i + 1)
             if conn.in_transaction:
                 _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
                 self.commits += 1
@@ -394,11 +404,38 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 # --- operations run in the writer thread (each inside the batch transaction) ---
 
-def _op_insert(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[str]:
-    rows = [(t.id, t.name, t.queue, t.priority, t.args_json, t.kwargs_json, t.max_attempts, now,
+def _insert_rows(tasks: Sequence[NewTask], now: float) -> list[tuple[Any, ...]]:
+    return [(t.id, t.name, t.queue, t.priority, t.args_json, t.kwargs_json, t.max_attempts, now,
              t.eta if t.eta is not None else now + (t.countdown or 0.0), t.unique_key, t.max_concurrency,
              t.trace_context)
             for t in tasks]
+
+
+def _plain_insert(op: _Op) -> bool:
+    """An insert whose tasks have no unique key: it stores every task, and returns their ids."""
+    return op[0] is _op_insert and not any(t.unique_key for t in op[1][0])
+
+
+def _insert_together(conn: sqlite3.Connection, ops: list[_Op], results: list[Any]) -> bool:
+    """Many enqueues of one group commit (1,000 ``adelay()`` under ``gather``) as one
+    ``executemany`` in one savepoint, instead of a savepoint and a statement each. If it fails
+    (an id already taken, say), it is undone and False returned: the caller then runs each
+    insert in its own savepoint, so that only the failing one fails."""
+    rows = [row for _fn, (tasks, now), _fut in ops for row in _insert_rows(tasks, now)]
+    conn.execute("SAVEPOINT ops")
+    try:
+        conn.executemany(sql.INSERT, rows)
+    except Exception:
+        conn.execute("ROLLBACK TO ops")
+        conn.execute("RELEASE ops")
+        return False
+    conn.execute("RELEASE ops")
+    results.extend((fut, [t.id for t in tasks], None) for _fn, (tasks, _now), fut in ops)
+    return True
+
+
+def _op_insert(conn: sqlite3.Connection, tasks: Sequence[NewTask], now: float) -> list[str]:
+    rows = _insert_rows(tasks, now)
     if not any(t.unique_key for t in tasks):
         conn.executemany(sql.INSERT, rows)
         return [t.id for t in tasks]
