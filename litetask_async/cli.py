@@ -315,6 +315,9 @@ def worker(positional_app: str | None, app_spec: str | None, url: str | None, co
            queues: str | None, processes: int | None, heartbeat_interval: float, heartbeat_timeout: float,
            grace_period: float, max_rescues: int, poll_interval: float, log_level: str) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal skips the grace period)."""
+    from .worker import block_stop_signals
+
+    block_stop_signals()  # from here on, a SIGTERM stops the worker cleanly, even during start-up
     if positional_app and app_spec:
         raise click.UsageError("give the app once: as MODULE:APP or as --app, not both")
     setup_logging(log_level)
@@ -334,6 +337,9 @@ def serve_worker(app: LiteTask, *, concurrency: int, queues: str | None, process
                  max_rescues: int, poll_interval: float = 1.0) -> None:
     """Run a worker for ``app`` until SIGTERM/SIGINT, then close the app; ``queues`` is the
     comma-separated ``--queues`` text. The body of ``litetask worker`` and of the Django command."""
+    from .worker import block_stop_signals
+
+    block_stop_signals()
     try:
         with database_errors(app):
             asyncio.run(app.run_worker(

@@ -185,9 +185,14 @@ class Worker:
 
     async def run(self) -> None:
         """Run until stopped; returns once running tasks are finished or put back."""
-        self._broker = broker = await self.app.broker()
         loop = asyncio.get_running_loop()
-        installed = self._install_signals(loop)
+        installed = self._install_signals(loop)  # first: a SIGTERM while connecting stops cleanly
+        try:
+            self._broker = broker = await self.app.broker()
+        except BaseException:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            raise
         handler = _TaskLogHandler(self)
         root = logging.getLogger()
         root.addHandler(handler)
@@ -746,6 +751,10 @@ class Worker:
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread, or not supported on this platform
+        if installed:
+            # `litetask worker` blocks them while it starts (block_stop_signals): one that came
+            # meanwhile is delivered now, to stop()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, installed)
         return installed
 
 
@@ -762,3 +771,12 @@ def _log_refused(outcomes: Sequence[Outcome], applied: Sequence[str]) -> None:
                         "worker's attempt (taken up by another worker after a missed heartbeat, or "
                         "ended meanwhile); the newer attempt's outcome stands", o.task_id, o.attempt,
                         o.kind.value)
+
+
+def block_stop_signals() -> None:
+    """Hold SIGTERM and SIGINT back until a worker of this process installs its handlers (the
+    worker unblocks them): a signal that arrives while the app is imported or the database
+    connected then stops the worker cleanly instead of killing the process. For the main
+    thread of a process that is about to run a worker (``litetask worker``); threads started
+    meanwhile keep them blocked, so they reach the main thread."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})

@@ -547,3 +547,25 @@ def test_wait_shows_progress_then_prints_the_outcome(tmp_path: Path) -> None:
         assert unknown.returncode == 1 and "no task with id" in unknown.stderr, unknown
     finally:
         stop_worker(worker)
+
+
+def test_sigterm_while_the_worker_starts_stops_it_cleanly(tmp_path: Path) -> None:
+    """`litetask worker` holds SIGTERM back while it imports the app and connects: a SIGTERM then
+    stops the worker as one at work would be stopped (exit 0), instead of killing the process."""
+    (tmp_path / "slow_start_app.py").write_text(textwrap.dedent(f"""
+        import time
+        from litetask_async import LiteTask
+        time.sleep(3)  # a slow import: the SIGTERM arrives meanwhile
+        app = LiteTask({f"sqlite:///{tmp_path / 'tasks.db'}"!r})
+
+        @app.task
+        async def noop() -> None: ...
+    """))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    proc = subprocess.Popen([sys.executable, "-m", "litetask_async.cli", "worker", "slow_start_app:app"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.5)  # the package is imported, the app module is sleeping
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped after 0 tasks" in out, out

@@ -20,10 +20,18 @@ def start_worker(url: str, log: Path, *extra: str, env: dict[str, str] | None = 
             "--concurrency", "10", "--heartbeat-interval", "0.5", "--heartbeat-timeout", "3",
             "--grace-period", "5", *extra]
     with log.open("ab") as out:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc.litetask_log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM, once the worker has started (a SIGTERM while Python still imports the package,
+    before `litetask worker` holds the signal back, kills the process: exit -15), then wait."""
+    log: Path | None = getattr(proc, "litetask_log", None)
+    if log is not None:
+        wait_until(lambda: proc.poll() is not None or "started: concurrency" in log.read_text(errors="replace"),
+                   60, "the worker to start before stopping it")
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
