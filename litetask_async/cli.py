@@ -336,10 +336,9 @@ def serve_worker(app: LiteTask, *, concurrency: int, queues: str | None, process
                  heartbeat_interval: float, heartbeat_timeout: float, grace_period: float,
                  max_rescues: int, poll_interval: float = 1.0) -> None:
     """Run a worker for ``app`` until SIGTERM/SIGINT, then close the app; ``queues`` is the
-    comma-separated ``--queues`` text. The body of ``litetask worker`` and of the Django command."""
-    from .worker import block_stop_signals
-
-    block_stop_signals()
+    comma-separated ``--queues`` text. The body of ``litetask worker`` and of the Django command,
+    which both call :func:`~litetask_async.worker.block_stop_signals` first, before the app is
+    imported."""
     try:
         with database_errors(app):
             asyncio.run(app.run_worker(

@@ -119,18 +119,7 @@ class Task(Generic[P, R]):
     def prepare(self, args: Sequence[Any], kwargs: dict[str, Any],
                 options: CallOptions | None = None) -> NewTask:
         """Check the arguments against the signature and serialise them; nothing is stored."""
-        if kwargs or len(args) != self._plain_arity:
-            try:
-                self._call_signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"bad arguments for task {self.name!r}: {exc}") from None
-        o = options or _NO_OPTIONS
-        return new_task(
-            self.name, args, kwargs,
-            queue=o.queue if o.queue is not None else self.queue,
-            priority=o.priority if o.priority is not None else self.priority,
-            max_attempts=self.retries + 1, countdown=o.countdown, eta=o.eta,
-            unique_key=o.unique_key, max_concurrency=self.max_concurrency)
+        return self.prepare_many([(args, kwargs)], options)[0]
 
     def configure(self, **options: Any) -> TaskCall[P, R]:
         """Per-call options, without changing the task: ``queue``, ``priority``, ``countdown``

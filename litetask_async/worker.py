@@ -758,7 +758,6 @@ class Worker:
         return installed
 
 
-
 def _log_refused(outcomes: Sequence[Outcome], applied: Sequence[str]) -> None:
     """Say which outcomes the broker refused: their attempt is no longer the task's current one
     (another worker took it up after this one missed heartbeats, or it was ended meanwhile)."""

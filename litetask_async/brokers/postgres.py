@@ -106,31 +106,31 @@ def _int_option(url: str, q: dict[str, Any], key: str, low: int, high: int, why:
     return value
 
 
+def _render(u: URL, driver: str) -> str:
+    return u.set(drivername=driver).render_as_string(hide_password=False)
+
+
 def sqlalchemy_url(url: str) -> str:
     """``postgresql://``/``postgres://``/``postgresql+asyncpg://`` to SQLAlchemy's asyncpg URL
     (without the broker's own parameters, :data:`OPTIONS`)."""
-    u, _ = _parse(url)
-    return u.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
-
-
-def connect_options(url: str) -> ConnectOptions:
-    """The broker's own parameters in ``url`` (see :class:`ConnectOptions`)."""
-    return _parse(url)[1]
+    return _render(_parse(url)[0], "postgresql+asyncpg")
 
 
 def asyncpg_dsn(url: str) -> str:
     """The plain ``postgresql://`` DSN asyncpg wants (without the broker's own parameters)."""
-    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+    return _render(_parse(url)[0], "postgresql")
 
 
-def listen_dsn(url: str) -> str:
-    """Where the LISTEN connection goes: ``listen_host``/``listen_port`` when given."""
-    u, opts = _parse(url)
+def _listen_dsn(u: URL, opts: ConnectOptions) -> str | None:
+    """Where the LISTEN connection goes: ``listen_host``/``listen_port`` when given; None (no
+    LISTEN: workers poll) behind a transaction pooler without them, which has no sessions."""
+    if opts.listen_host is None and opts.listen_port is None:
+        return None if opts.transaction_pooler else _render(u, "postgresql")
     if opts.listen_host is not None:
         u = u.set(host=opts.listen_host)
     if opts.listen_port is not None:
         u = u.set(port=opts.listen_port)
-    return u.set(drivername="postgresql").render_as_string(hide_password=False)
+    return _render(u, "postgresql")
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -173,14 +173,10 @@ class PostgresBroker(Broker):
 
     def __init__(self, url: str, *, auto_migrate: bool = True, pool_size: int = 10) -> None:
         self.url = url
-        self._sa_url = sqlalchemy_url(url)
-        self._dsn = asyncpg_dsn(url)
-        self.options = connect_options(url)
-        # behind a transaction pooler, LISTEN only works on a direct connection
-        self._listen_dsn: str | None = listen_dsn(url)
-        if self.options.transaction_pooler and self.options.listen_host is None \
-                and self.options.listen_port is None:
-            self._listen_dsn = None
+        u, self.options = _parse(url)
+        self._sa_url = _render(u, "postgresql+asyncpg")
+        self._dsn = _render(u, "postgresql")
+        self._listen_dsn = _listen_dsn(u, self.options)
         self.auto_migrate = auto_migrate
         self.pool_size = self.options.pool_size or pool_size
         self._pool: _Pool | None = None

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from litetask_async import ConfigurationError, LiteTask, TaskStatus
-from litetask_async.brokers.postgres import PostgresBroker, asyncpg_dsn, connect_options
+from litetask_async.brokers.postgres import PostgresBroker, asyncpg_dsn
 from tests.acceptance.helpers import effects, start_worker, stop_worker
 from tests.pgbouncer import PgBouncer
 
@@ -86,7 +86,7 @@ async def test_enqueue_single_batch_and_in_transaction(bouncer: PgBouncer, dbnam
 async def test_options_stay_out_of_the_connection_and_are_checked(postgres_url: str) -> None:
     host, port = _direct(postgres_url)
     url = f"{postgres_url}?pooler=transaction&listen_host={host}&listen_port={port}"
-    opts = connect_options(url)
+    opts = PostgresBroker(url).options
     assert opts.transaction_pooler and opts.listen_host == host and opts.listen_port == port
     assert "pooler" not in asyncpg_dsn(url) and "listen" not in asyncpg_dsn(url)
     assert PostgresBroker(f"{url}&pool_size=3").pool_size == 3 and PostgresBroker(url).pool_size == 10

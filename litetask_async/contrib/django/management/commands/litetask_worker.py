@@ -2,6 +2,7 @@
 
 The options are those of ``litetask worker`` (``--concurrency``, ``--queues``, ``--processes``,
 ``--heartbeat-interval``, ``--heartbeat-timeout``, ``--grace-period``, ``--max-rescues``,
+``--poll-interval``,
 ``--log-level``): read from that click command, so names, defaults and checks stay the same.
 """
 
@@ -18,6 +19,7 @@ from litetask_async.cli import WORKER_APP_PARAMS, serve_worker, setup_logging
 from litetask_async.cli import worker as worker_command
 from litetask_async.contrib.django import get_app
 from litetask_async.exceptions import LiteTaskError
+from litetask_async.worker import block_stop_signals
 
 
 def worker_options() -> list[click.Option]:
@@ -53,6 +55,7 @@ class Command(BaseCommand):
                                     type=_converter(option), help=text)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        block_stop_signals()  # a SIGTERM while the project's tasks are imported stops cleanly
         values = {o.name: options[o.name] for o in worker_options() if o.name is not None}
         log_level = values.pop("log_level")
         try:
