@@ -83,16 +83,6 @@ def _retry_locked(op: Callable[[], T], timeout: float) -> T:
             delay = min(delay * 2, 1.0)
 
 
-def _execute_retrying(conn: sqlite3.Connection, statement: str, busy_ms: int) -> None:
-    """``conn.execute(statement)``; through :func:`_retry_locked` only if SQLite said busy."""
-    try:
-        conn.execute(statement)
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc) and "busy" not in str(exc):
-            raise
-        _retry_locked(partial(conn.execute, statement), busy_ms / 1000)
-
-
 _Op = tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
 
 
@@ -141,20 +131,22 @@ class SQLiteWriter:
             self._busy.release()
 
     def _run_alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """:meth:`_run_batch` for a batch of one, without its futures and savepoints: the
-        lone ``delay()``'s path, where that bookkeeping cost a fifth of the call."""
+        """One write in a transaction of its own, no savepoint (no neighbour to protect): the
+        lone ``delay()``'s path, without the futures a batch needs (a fifth of that call), and
+        :meth:`_run_batch`'s for a batch of one."""
         try:
-            _execute_retrying(conn, "BEGIN IMMEDIATE", self.busy_ms)
+            _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
         except Exception as exc:
             raise self._failed(exc) from exc
         try:
             value = fn(conn, *args)
         except Exception:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         try:
-            _execute_retrying(conn, "COMMIT", self.busy_ms)
+            _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
         except Exception as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -251,38 +243,36 @@ class SQLiteWriter:
         self._waker.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        if len(batch) == 1:
+            fn, args, fut = batch[0]
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(self._run_alone(conn, fn, args))
+                except Exception as exc:
+                    fut.set_exception(exc)
+            return
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
-            alone = len(batch) == 1  # no neighbour to protect: no savepoint
-            if alone:
-                fn, args, fut = batch[0]
-                if fut.set_running_or_notify_cancel():
+            live = [op for op in batch if op[2].set_running_or_notify_cancel()]
+            i = 0
+            while i < len(live):
+                end = i  # a run of plain inserts, in batch order, goes in as one statement
+                while end < len(live) and _plain_insert(live[end]):
+                    end += 1
+                if end - i > 1 and _insert_together(conn, live[i:end], results):
+                    i = end
+                    continue
+                for fn, args, fut in live[i:max(end, i + 1)]:
+                    conn.execute("SAVEPOINT op")
                     try:
                         results.append((fut, fn(conn, *args), None))
+                        conn.execute("RELEASE op")
                     except Exception as exc:
-                        conn.execute("ROLLBACK")
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
                         results.append((fut, None, exc))
-            else:
-                live = [op for op in batch if op[2].set_running_or_notify_cancel()]
-                i = 0
-                while i < len(live):
-                    end = i  # a run of plain inserts, in batch order, goes in as one statement
-                    while end < len(live) and _plain_insert(live[end]):
-                        end += 1
-                    if end - i > 1 and _insert_together(conn, live[i:end], results):
-                        i = end
-                        continue
-                    for fn, args, fut in live[i:max(end, i + 1)]:
-                        conn.execute("SAVEPOINT op")
-                        try:
-                            results.append((fut, fn(conn, *args), None))
-                            conn.execute("RELEASE op")
-                        except Exception as exc:
-                            conn.execute("ROLLBACK TO op")
-                            conn.execute("RELEASE op")
-                            results.append((fut, None, exc))
-                    i = max(end, i + 1)
+                i = max(end, i + 1)
             if conn.in_transaction:
                 _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
                 self.commits += 1
@@ -290,7 +280,7 @@ class SQLiteWriter:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            err = BrokerUnavailable(f"SQLite write to {self.path} failed: {exc}")
+            err = self._failed(exc)
             err.__cause__ = exc
             for _fn, _args, fut in batch:
                 if not fut.done() and (fut.running() or fut.set_running_or_notify_cancel()):
@@ -677,6 +667,21 @@ class SQLiteBroker(Broker):
         if sh is not None:
             await _release(sh)
 
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of a read on this loop's reader connection. Shielded from cancellation: a
+        read cancelled halfway (a worker stopping, a wait timing out) would leave its statement
+        open, and with it the connection's read snapshot: every later read would miss newer
+        commits until the statement is finalised."""
+        return await asyncio.shield(self._fetch_now(query, params))
+
+    async def _fetch_now(self, query: str, params: Sequence[Any]) -> list[Any]:
+        async with self.reader.execute(query, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _fetch_one(self, query: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._fetch(query, params)
+        return rows[0] if rows else None
+
     @property
     def reader(self) -> aiosqlite.Connection:
         if self._reader is None:
@@ -732,8 +737,7 @@ class SQLiteBroker(Broker):
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         where, qparams = _queue_filter(queues)
-        async with self.reader.execute(sql.NEXT_DUE.format(queues=where), qparams) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql.NEXT_DUE.format(queues=where), qparams)
         return None if row is None or row[0] is None else row[0] - time.time()
 
     async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
@@ -764,12 +768,10 @@ class SQLiteBroker(Broker):
         if not task_ids:
             return []
         query = sql.CANCEL_REQUESTED.format(marks=",".join("?" * len(task_ids)))
-        async with self.reader.execute(query, tuple(task_ids)) as cur:
-            return [r[0] for r in await cur.fetchall()]
+        return [r[0] for r in await self._fetch(query, tuple(task_ids))]
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self.reader.execute(sql.SELECT_ONE, (task_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql.SELECT_ONE, (task_id,))
         return None if row is None else record_from_row(dict(row))
 
     async def cancel(self, task_id: str) -> bool:
@@ -784,26 +786,22 @@ class SQLiteBroker(Broker):
                 where.append(f"AND {column} = ?")
                 params.append(value)
         if before is not None:
-            async with self.reader.execute(sql.SEQ_OF, (before,)) as cur:
-                row = await cur.fetchone()
+            row = await self._fetch_one(sql.SEQ_OF, (before,))
             if row is None:
                 raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
             where.append("AND seq < ?")
             params.append(row[0])
-        async with self.reader.execute(sql.LIST.format(where=" ".join(where)), (*params, limit)) as cur:
-            return [record_from_row(dict(r)) for r in await cur.fetchall()]
+        rows = await self._fetch(sql.LIST.format(where=" ".join(where)), (*params, limit))
+        return [record_from_row(dict(r)) for r in rows]
 
     async def retry(self, task_id: str) -> bool:
         return await self._write(_op_retry, task_id)
 
     async def stats(self) -> dict[str, Any]:
         now = time.time()
-        async with self.reader.execute(sql.STATS_COUNTS) as cur:
-            counts = [tuple(r) for r in await cur.fetchall()]
-        async with self.reader.execute(sql.OLDEST_DUE, (now,)) as cur:
-            oldest = (await cur.fetchone())[0]  # type: ignore[index]
-        async with self.reader.execute(sql.FINISHED_SINCE, (now - 60,)) as cur:
-            recent = {r[0]: r[1] for r in await cur.fetchall()}
+        counts = [tuple(r) for r in await self._fetch(sql.STATS_COUNTS)]
+        oldest = (await self._fetch(sql.OLDEST_DUE, (now,)))[0][0]
+        recent = {r[0]: r[1] for r in await self._fetch(sql.FINISHED_SINCE, (now - 60,))}
         return stats_dict(counts, None if oldest is None else now - oldest, recent)
 
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -816,29 +814,25 @@ class SQLiteBroker(Broker):
         await self._write(_op_unregister_worker, worker_id)
 
     async def workers(self, alive_within: float) -> list[WorkerInfo]:
-        async with self.reader.execute(sql.LIVE_WORKERS, (time.time() - alive_within,)) as cur:
-            return [worker_from_row(dict(r)) for r in await cur.fetchall()]
+        return [worker_from_row(dict(r)) for r in await self._fetch(sql.LIVE_WORKERS, (time.time() - alive_within,))]
 
     async def add_logs(self, records: Sequence[LogRecord]) -> None:
         if records:
             await self._write(_op_add_logs, records)
 
     async def task_logs(self, task_id: str, limit: int = 1000) -> list[LogRecord]:
-        async with self.reader.execute(sql.TASK_LOGS, (task_id, limit)) as cur:
-            return [log_from_row(dict(r)) for r in await cur.fetchall()]
+        return [log_from_row(dict(r)) for r in await self._fetch(sql.TASK_LOGS, (task_id, limit))]
 
     async def name_counts(self) -> list[tuple[str, str, int, int]]:
-        async with self.reader.execute(sql.NAME_COUNTS) as cur:
-            return [(r[0], r[1], r[2], r[3] or 0) for r in await cur.fetchall()]
+        return [(r[0], r[1], r[2], r[3] or 0) for r in await self._fetch(sql.NAME_COUNTS)]
 
     async def durations(self) -> list[tuple[str, int, int, float]]:
         query = sql.DURATIONS.format(bucket=bucket_case("(finished_at - started_at)"))
-        async with self.reader.execute(query) as cur:
-            return [(r[0], r[1], r[2], r[3] or 0.0) for r in await cur.fetchall()]
+        return [(r[0], r[1], r[2], r[3] or 0.0) for r in await self._fetch(query)]
 
     async def throughput(self, window: float, bucket: float) -> list[tuple[float, int, int]]:
-        async with self.reader.execute(sql.THROUGHPUT, (bucket, time.time() - window)) as cur:
-            return [(float(r[0]), r[1] or 0, r[2] or 0) for r in await cur.fetchall()]
+        rows = await self._fetch(sql.THROUGHPUT, (bucket, time.time() - window))
+        return [(float(r[0]), r[1] or 0, r[2] or 0) for r in rows]
 
     async def wait_for_work(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -852,16 +846,13 @@ class SQLiteBroker(Broker):
             if self._woken.is_set():
                 self._woken.clear()
                 return
-            async with self.reader.execute(sql.DATA_VERSION) as cur:
-                row = await cur.fetchone()
+            row = await self._fetch_one(sql.DATA_VERSION)
             version = row[0] if row else None
             if version != self._data_version:
                 first = self._data_version is None
                 self._data_version = version
-                if not first:
-                    async with self.reader.execute(sql.HAS_DUE, (time.time(),)) as cur:
-                        if await cur.fetchone() is not None:
-                            return
+                if not first and await self._fetch_one(sql.HAS_DUE, (time.time(),)) is not None:
+                    return
             left = deadline - time.monotonic()
             if left <= 0:
                 return

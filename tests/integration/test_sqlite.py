@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -93,3 +94,28 @@ async def test_a_database_of_an_older_schema_is_migrated_with_its_tasks(tmp_path
         assert conn.execute(sql.GET_SCHEMA_VERSION).fetchone()[0] == str(sql.LATEST_VERSION)
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "litetask_tasks_status_seq" not in names and "litetask_tasks_pending" in names
+
+
+async def test_a_cancelled_read_leaves_no_stale_snapshot(tmp_path: Path) -> None:
+    """A read cancelled halfway (a worker stopping in the middle of next_due()) must not leave
+    its statement open on the shared reader: its snapshot would hide every later commit from
+    get() (a task just enqueued was 'not found')."""
+    app = LiteTask(f"sqlite:///{tmp_path / 'tasks.db'}")
+
+    @app.task
+    async def noop(i: int) -> int:
+        return i
+
+    try:
+        broker = await app.broker()
+        for i in range(50):
+            await noop.adelay(i)
+            read = asyncio.ensure_future(broker.next_due(None))
+            await asyncio.sleep(0)
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+            tid = await noop.adelay(i)
+            assert await broker.get(tid) is not None, f"round {i}: a committed task is not visible"
+    finally:
+        await app.aclose()
