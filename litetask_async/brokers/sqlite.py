@@ -57,6 +57,10 @@ BUSY_TIMEOUT_MS = 30_000
 #: The longest ``?busy_timeout=`` (seconds) a URL may ask for: a day.
 MAX_BUSY_TIMEOUT = 86_400
 MAX_BATCH = 2_000
+WAL_AUTOCHECKPOINT = 1000  # SQLite's default, in pages
+#: try_now commits between checkpoints by the writer thread (a commit of one enqueue writes
+#: fewer than ten pages, so about SQLite's WAL_AUTOCHECKPOINT pages).
+CHECKPOINT_EVERY = 100
 
 
 def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
@@ -69,6 +73,10 @@ def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
     return conn
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _retry_locked(op: Callable[[], T], timeout: float) -> T:
     """Run ``op``, retrying with backoff while SQLite says the database is locked or busy."""
     delay = 0.01
@@ -77,7 +85,7 @@ def _retry_locked(op: Callable[[], T], timeout: float) -> T:
         try:
             return op()
         except sqlite3.OperationalError as exc:
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+            if not _is_busy(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -106,8 +114,9 @@ class SQLiteWriter:
         self._closed = False
         self._conn: sqlite3.Connection | None = None
         # Held while a transaction runs on the connection: by the writer thread, or by a lone
-        # synchronous caller that found the writer idle (run_now).
+        # caller that found the writer idle (run_now, try_now).
         self._busy = threading.Lock()
+        self._unchecked = 0  # commits by try_now since the writer thread last checkpointed
         self._thread.start()
 
     def run_now(self, fn: Callable[..., T], *args: Any) -> tuple[T] | None:
@@ -129,6 +138,54 @@ class SQLiteWriter:
             return (self._run_alone(conn, fn, args),)
         finally:
             self._busy.release()
+
+    def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[T] | None:
+        """:meth:`run_now` for an event loop (a lone ``adelay()``): it never waits. ``None``
+        unless the writer is idle and the file's write lock is free this instant: the
+        transaction runs with a busy timeout of 0, so another process's write sends the caller
+        to the writer thread instead of blocking its loop. Its commit does not checkpoint (disk
+        syncs): every ``CHECKPOINT_EVERY`` commits the writer thread is asked to."""
+        conn = self._conn
+        if conn is None or not self._queue.empty() or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            if self._closed or self._conn is None:
+                return None
+            conn.execute("PRAGMA busy_timeout=0")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                return self._try_alone(conn, fn, args)
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        finally:
+            self._busy.release()
+
+    def _try_alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T] | None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return None
+            raise self._failed(exc) from exc
+        try:
+            value = fn(conn, *args)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                return None  # nothing was stored: the writer thread does it again
+            raise
+        self.commits += 1
+        self._unchecked += 1
+        if self._unchecked >= CHECKPOINT_EVERY:
+            self._unchecked = 0
+            self._queue.put([])  # an empty batch: the writer thread checkpoints
+        if _makes_work(fn, args):
+            self._waker.poke()
+        return (value,)
 
     def _run_alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         """One write in a transaction of its own, no savepoint (no neighbour to protect): the
@@ -223,7 +280,11 @@ class SQLiteWriter:
                     break
                 batch.extend(nxt)
             with self._busy:
-                self._run_batch(conn, batch)
+                if batch:
+                    self._run_batch(conn, batch)
+                else:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         # Writes queued after the stop request (a racing submit) are still carried out.
         with self._closing:
             self._closed = True
@@ -622,6 +683,7 @@ class SQLiteBroker(Broker):
         self._data_version: int | None = None
         self._coalesced: list[_Op] = []
         self._group: asyncio.Future[None] | None = None
+        self._inline_task: asyncio.Task[Any] | None = None
         self._listener: WakeListener | None = None
         self._woken: asyncio.Event | None = None
 
@@ -668,15 +730,11 @@ class SQLiteBroker(Broker):
             await _release(sh)
 
     async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[Any]:
-        """The rows of a read on this loop's reader connection. Shielded from cancellation: a
-        read cancelled halfway (a worker stopping, a wait timing out) would leave its statement
-        open, and with it the connection's read snapshot: every later read would miss newer
-        commits until the statement is finalised."""
-        return await asyncio.shield(self._fetch_now(query, params))
-
-    async def _fetch_now(self, query: str, params: Sequence[Any]) -> list[Any]:
-        async with self.reader.execute(query, params) as cur:
-            return list(await cur.fetchall())
+        """The rows of a read on this process's reader connection, executed and fetched in one
+        call on its thread. So no statement stays open between two calls (its read snapshot would
+        hide newer commits from the reads queued behind it: a task just enqueued 'not found'),
+        also when the caller is cancelled halfway."""
+        return list(await self.reader.execute_fetchall(query, params))
 
     async def _fetch_one(self, query: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._fetch(query, params)
@@ -729,7 +787,30 @@ class SQLiteBroker(Broker):
         ops[-1][2].add_done_callback(resolved)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
-        return await self._write(_op_insert, tasks, time.time())
+        now = time.time()
+        if self._writer is not None and self._may_write_inline():
+            done = self._writer.try_now(_op_insert, tasks, now)
+            if done is not None:
+                return done[0]
+        return await self._write(_op_insert, tasks, now)
+
+    def _may_write_inline(self) -> bool:
+        """Whether an enqueue may be written on the loop itself (``try_now``, about a third of
+        the hand-off to the writer thread and back): yes, unless another task of this loop
+        enqueued in this turn of the loop. So a coroutine's ``adelay()`` one after another is
+        written at once, and 1,000 ``adelay()`` under ``gather`` still share a commit (the first
+        is written at once, the rest are handed over together)."""
+        if self._coalesced:
+            return False
+        task = asyncio.current_task()
+        if self._inline_task is None:
+            self._inline_task = task
+            asyncio.get_running_loop().call_soon(self._end_turn)
+            return True
+        return self._inline_task is task
+
+    def _end_turn(self) -> None:
+        self._inline_task = None
 
     async def claim(self, worker_id: str, pid: int, limit: int,
                     queues: Sequence[str] | None = None) -> list[ClaimedTask]:
