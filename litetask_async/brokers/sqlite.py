@@ -817,9 +817,13 @@ class SQLiteBroker(Broker):
         return await self._write(_op_claim, worker_id, pid, limit, queues)
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
+        earliest = await self._earliest_pending(queues)
+        return None if earliest is None else earliest - time.time()
+
+    async def _earliest_pending(self, queues: Sequence[str] | None = None) -> float | None:
         where, qparams = _queue_filter(queues)
-        row = await self._fetch_one(sql.NEXT_DUE.format(queues=where), qparams)
-        return None if row is None or row[0] is None else row[0] - time.time()
+        row = await self._fetch_one(sql.EARLIEST_PENDING.format(queues=where), qparams)
+        return None if row is None else row[0]
 
     async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
         return await self._write(_op_enqueue_tick, schedule, tick, task)
@@ -881,7 +885,9 @@ class SQLiteBroker(Broker):
     async def stats(self) -> dict[str, Any]:
         now = time.time()
         counts = [tuple(r) for r in await self._fetch(sql.STATS_COUNTS)]
-        oldest = (await self._fetch(sql.OLDEST_DUE, (now,)))[0][0]
+        oldest = await self._earliest_pending()
+        if oldest is not None and oldest > now:
+            oldest = None
         recent = {r[0]: r[1] for r in await self._fetch(sql.FINISHED_SINCE, (now - 60,))}
         return stats_dict(counts, None if oldest is None else now - oldest, recent)
 
@@ -932,8 +938,10 @@ class SQLiteBroker(Broker):
             if version != self._data_version:
                 first = self._data_version is None
                 self._data_version = version
-                if not first and await self._fetch_one(sql.HAS_DUE, (time.time(),)) is not None:
-                    return
+                if not first:
+                    earliest = await self._earliest_pending()
+                    if earliest is not None and earliest <= time.time():
+                        return
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -126,6 +126,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     6: ("DROP INDEX IF EXISTS litetask_tasks_status_seq",),
     # The W3C trace context of the span that enqueued the task (OpenTelemetry, optional).
     7: ("ALTER TABLE litetask_tasks ADD COLUMN trace_context TEXT",),
+    # Every enqueue wrote the due index too, and every claim deleted from it: a sixth of a
+    # one-by-one enqueue (benchmarks/README.md). "When is the next task due" walks the pending
+    # index once per priority instead (EARLIEST_PENDING); limited tasks keep a small one.
+    8: (
+        "DROP INDEX litetask_tasks_due",
+        """
+        CREATE INDEX litetask_tasks_limited_due ON litetask_tasks (run_at)
+            WHERE status = 'pending' AND max_concurrency IS NOT NULL
+        """,
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -159,7 +169,8 @@ RETURNING id, name, args, kwargs, attempts, max_attempts, queue, trace_context
 """
 
 # Tasks with a concurrency limit: the k-th pending task of a name is claimable while
-# running + k <= limit. Runs in the writer's immediate transaction, so claims of all processes
+# running + k <= limit. INDEXED BY: left to itself the planner walks (name, seq), every task
+# ever stored, to save the window's sort. Runs in the writer's immediate transaction, so claims of all processes
 # are serialised and the count cannot be raced.
 CLAIM_LIMITED = """
 WITH running AS (
@@ -168,7 +179,7 @@ WITH running AS (
 ), ranked AS (
     SELECT t.seq, t.priority, t.run_at, t.max_concurrency, coalesce(r.n, 0) AS n,
            row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.run_at, t.seq) AS k
-    FROM litetask_tasks t LEFT JOIN running r ON r.name = t.name
+    FROM litetask_tasks t INDEXED BY litetask_tasks_limited_due LEFT JOIN running r ON r.name = t.name
     WHERE t.status = 'pending' AND t.run_at <= ? AND t.max_concurrency IS NOT NULL {queues}
 )
 UPDATE litetask_tasks
@@ -178,7 +189,20 @@ WHERE seq IN (SELECT seq FROM ranked WHERE n + k <= max_concurrency ORDER BY pri
 RETURNING id, name, args, kwargs, attempts, max_attempts, queue, trace_context
 """
 
-NEXT_DUE = "SELECT min(run_at) FROM litetask_tasks WHERE status = 'pending' {queues}"
+# The earliest run_at of the pending tasks ({queues} as in CLAIM): the first entry of each
+# priority in the pending index (a loose scan, one probe per distinct priority).
+EARLIEST_PENDING = """
+WITH RECURSIVE pr(p) AS (
+    SELECT (SELECT priority FROM litetask_tasks WHERE status = 'pending' ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT priority FROM litetask_tasks WHERE status = 'pending' AND priority < pr.p
+            ORDER BY priority DESC LIMIT 1)
+    FROM pr WHERE pr.p IS NOT NULL
+)
+SELECT min((SELECT run_at FROM litetask_tasks WHERE status = 'pending' AND priority = pr.p {queues}
+            ORDER BY priority DESC, run_at LIMIT 1))
+FROM pr WHERE pr.p IS NOT NULL
+"""
 
 GET_TICK = "SELECT last_tick FROM litetask_schedules WHERE name = ?"
 INSERT_TICK = "INSERT INTO litetask_schedules (name, last_tick) VALUES (?, ?)"
@@ -191,8 +215,6 @@ LIMIT ?
 """
 PURGE_LOGS = "DELETE FROM litetask_logs WHERE task_id = ?"
 PURGE_TASK = "DELETE FROM litetask_tasks WHERE id = ?"
-
-HAS_DUE = "SELECT 1 FROM litetask_tasks WHERE status = 'pending' AND run_at <= ? LIMIT 1"
 
 # Parameters: status, result, error, now, run_at, max_attempts increment, progress if
 # completed, pid, then the guard: id, worker_id, attempt. A task asked to cancel that would go
@@ -279,7 +301,6 @@ WHERE id = ? AND status IN ('failed', 'cancelled')
 """
 
 STATS_COUNTS = "SELECT queue, status, count(*) FROM litetask_tasks GROUP BY queue, status"
-OLDEST_DUE = "SELECT min(run_at) FROM litetask_tasks WHERE status = 'pending' AND run_at <= ?"
 FINISHED_SINCE = """
 SELECT status, count(*) FROM litetask_tasks
 WHERE status IN ('completed', 'failed') AND finished_at >= ? GROUP BY status
