@@ -4,7 +4,10 @@ A ``ProcessPoolExecutor`` cannot stop one task (arq #395), shares one result cha
 lock) between all children, and breaks as a whole when one child dies. So the worker runs its own
 small pool instead: each process (a *slot*) runs one task at a time and has two pipes of its
 own. The worker writes a job into the slot's job pipe; the child writes ``start``, ``progress``,
-``log`` and then the outcome into its message pipe. Children share nothing, and the worker never
+``log`` and then the outcome into its message pipe. A busy slot also holds the next job in its
+pipe, so that the child goes on without waiting for the worker (a no-op task costs about 10 %
+less this way); a job cancelled there is skipped by the child, which checks a shared number
+before it starts each job. Children share nothing, and the worker never
 takes a lock a child could hold: a child that dies in the middle of a write leaves a torn frame in
 its own pipe, which is dropped with it. The worker reads every pipe without blocking, from its
 event loop.
@@ -26,6 +29,7 @@ import collections
 import contextlib
 import errno
 import importlib
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -150,8 +154,10 @@ def resolve_task(module_name: str, attr: str) -> Any:
 
 
 def _child_main(jobs: multiprocessing.connection.Connection,
-                messages: multiprocessing.connection.Connection) -> None:
-    """A pool process: run the jobs the worker writes, one at a time, until the pipe closes."""
+                messages: multiprocessing.connection.Connection, skip: Any) -> None:
+    """A pool process: run the jobs the worker writes, one at a time, until the pipe closes.
+    A job whose number the worker put in ``skip`` (cancelled while it waited in the pipe) is
+    not started."""
     global _out_fd
     _out_fd = messages.fileno()
     _child_setup()
@@ -163,7 +169,11 @@ def _child_main(jobs: multiprocessing.connection.Connection,
         frame = _read_exactly(fd, _HEADER.unpack(header)[0])
         if frame is None:
             return
-        _run_job(*pickle.loads(frame))  # written by our parent, the worker
+        seq, *job = pickle.loads(frame)  # written by our parent, the worker
+        if skip.value == seq:
+            _send(("skipped", job[0], None))
+        else:
+            _run_job(*job)
 
 
 def _run_job(task_id: str, name: str, module_name: str, attr: str, args_json: str,
@@ -210,6 +220,7 @@ def _describe(exc: BaseException) -> tuple[str, str, str, bytes | None]:
 @dataclass(eq=False)
 class _Job:
     task_id: str
+    seq: int
     frame: bytes
     future: asyncio.Future[str]
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -227,9 +238,11 @@ class _Slot:
     exit_fd: int  # a pidfd (or the process sentinel): readable once the process has exited
     jobs_conn: Any  # the Connections owning the two fds above (they close them)
     messages_conn: Any
+    skip: Any  # shared with the child: the number of a job it must not start
     buf: bytearray = field(default_factory=bytearray)
     out: bytearray = field(default_factory=bytearray)
-    job: _Job | None = None
+    job: _Job | None = None  # running, or the next the child reads
+    queued: _Job | None = None  # written behind ``job``, not started
     dead: bool = False
     is_pidfd: bool = False  # exit_fd is a pidfd: signals go through it, never to a reused pid
     killed: bool = False  # SIGKILL sent: no new job for it
@@ -259,6 +272,7 @@ class ProcessRunner:
         self._closed = False
         self._early_deaths = 0  # processes that died before starting any job, in a row
         self._respawn: asyncio.TimerHandle | None = None
+        self._seq = itertools.count(1)
 
     # --- public ---
 
@@ -272,9 +286,10 @@ class ProcessRunner:
         if self._closed:
             raise RuntimeError("the process pool is shut down")
         loop = self._loop = asyncio.get_running_loop()
-        frame = pickle.dumps((task_id, name, module_name, attr, args_json, kwargs_json, trace_carrier),
+        seq = next(self._seq)
+        frame = pickle.dumps((seq, task_id, name, module_name, attr, args_json, kwargs_json, trace_carrier),
                              protocol=pickle.HIGHEST_PROTOCOL)
-        job = _Job(task_id, _HEADER.pack(len(frame)) + frame, loop.create_future())
+        job = _Job(task_id, seq, _HEADER.pack(len(frame)) + frame, loop.create_future())
         self._fill()
         self._waiting.append(job)
         self._dispatch()
@@ -306,11 +321,12 @@ class ProcessRunner:
         if self._respawn is not None:
             self._respawn.cancel()
         for job in self._waiting:
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("the process pool was shut down"))
-                job.future.exception()
+            self._shut_out(job)
         self._waiting.clear()
         for slot in self._slots:
+            if slot.queued is not None:
+                self._shut_out(slot.queued)
+                slot.queued = None
             if slot.job is not None:
                 self._kill(slot.job, "cancel")
             if slot.out:
@@ -327,6 +343,12 @@ class ProcessRunner:
         while any(not s.dead for s in self._slots) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
+    @staticmethod
+    def _shut_out(job: _Job) -> None:
+        if not job.future.done():
+            job.future.set_exception(RuntimeError("the process pool was shut down"))
+            job.future.exception()
+
     # --- processes ---
 
     def _fill(self) -> None:
@@ -341,7 +363,8 @@ class ProcessRunner:
         assert loop is not None
         jobs_r, jobs_w = self._ctx.Pipe(duplex=False)
         msgs_r, msgs_w = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_child_main, args=(jobs_r, msgs_w), daemon=True,
+        skip = self._ctx.RawValue("q", 0)
+        proc = self._ctx.Process(target=_child_main, args=(jobs_r, msgs_w, skip), daemon=True,
                                  name="litetask-pool")
         try:
             proc.start()
@@ -353,7 +376,7 @@ class ProcessRunner:
             exit_fd, is_pidfd = os.pidfd_open(proc.pid), True
         except (AttributeError, OSError):
             exit_fd, is_pidfd = os.dup(proc.sentinel), False
-        slot = _Slot(proc, proc.pid, jobs_w.fileno(), msgs_r.fileno(), exit_fd, jobs_w, msgs_r,
+        slot = _Slot(proc, proc.pid, jobs_w.fileno(), msgs_r.fileno(), exit_fd, jobs_w, msgs_r, skip,
                      is_pidfd=is_pidfd)
         os.set_blocking(slot.jobs_fd, False)
         os.set_blocking(slot.messages_fd, False)
@@ -382,6 +405,13 @@ class ProcessRunner:
         else:
             self._early_deaths += 1
         job, slot.job = slot.job, None
+        queued, slot.queued = slot.queued, None
+        if queued is not None and not queued.future.done():
+            if self._closed:
+                self._shut_out(queued)
+            else:  # it never started, and its process died for another job's sake: no handover counted
+                queued.slot = None
+                self._waiting.appendleft(queued)
         if job is not None and not job.future.done():
             if job.kill_reason is not None:
                 job.future.cancel()  # its caller has already raised TimeoutError or been cancelled
@@ -430,6 +460,12 @@ class ProcessRunner:
             job.future.cancel()
             return
         slot = job.slot
+        if slot is not None and slot.queued is job:
+            # In the pipe behind another job: the child skips it. If the child has taken it up
+            # already, its start message gets the process killed (_handle).
+            slot.skip.value = job.seq
+            job.future.cancel()
+            return
         if slot is not None and not slot.dead and slot.job is job:
             slot.killed = True
             _sigkill(slot)
@@ -437,13 +473,22 @@ class ProcessRunner:
     # --- jobs to children ---
 
     def _dispatch(self) -> None:
-        """Hand waiting jobs to idle processes."""
-        for slot in self._slots:
-            if not self._waiting:
-                return
-            if slot.job is None and not slot.dead and not slot.killed and not slot.jobs_conn.closed:
-                job = self._waiting.popleft()
-                slot.job, job.slot = job, slot
+        """Hand waiting jobs to idle processes, then one more to each busy one."""
+        for queue_behind in (False, True):
+            for slot in self._slots:
+                if not self._waiting:
+                    return
+                if slot.dead or slot.killed or slot.jobs_conn.closed:
+                    continue
+                job = self._waiting[0]
+                if slot.job is None:
+                    slot.job = job
+                elif queue_behind and slot.queued is None:
+                    slot.queued = job
+                else:
+                    continue
+                self._waiting.popleft()
+                job.slot = slot
                 self._write(slot, job.frame)
 
     def _write(self, slot: _Slot, data: bytes) -> None:
@@ -521,13 +566,19 @@ class ProcessRunner:
             return
         if kind == "start":
             slot.started_any = True
+            if job.kill_reason is not None:  # cancelled in the pipe, but the child took it up
+                slot.killed = True
+                _sigkill(slot)
+                return
             job.started.set()
             self._on_pid(task_id, value)
             return
-        slot.job = None
+        slot.job, slot.queued = slot.queued, None
         if not job.future.done():
             if kind == "result":
                 job.future.set_result(value)
+            elif kind == "skipped":
+                job.future.cancel()
             else:
                 type_name, message, tb, original = value
                 job.future.set_exception(

@@ -6,6 +6,7 @@ every core beside the worker, so nothing here may depend on a process being quic
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -84,6 +85,46 @@ def _counts(app: LiteTask) -> dict[TaskStatus, int]:
     for r in app.list_tasks_sync(limit=1000):
         out[r.status] = out.get(r.status, 0) + 1
     return out
+
+
+@pytest.mark.anyio
+async def test_a_task_cancelled_while_queued_behind_another_in_its_process_never_runs(tmp_path: Path) -> None:
+    """A busy pool process holds the next job in its pipe. Cancelling that job does not kill
+    the process (the task it runs goes on and completes): the child skips the job, whose side
+    effect never happens; the process then runs the next task. A task behind one that times out
+    (its process killed) runs once, in a new process."""
+    app = LiteTask(f"sqlite:///{tmp_path / 'tasks.db'}")
+    t = jobs.register(app)
+    fx = tmp_path / "effects.txt"
+
+    async def until_running(task_id: str) -> None:
+        for _ in range(200):
+            if (await app.get_task(task_id)).status is TaskStatus.RUNNING:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"task {task_id} did not start")
+
+    try:
+        async with running_worker(app, processes=1, concurrency=2):
+            blocker = await t["sleep_pool"].adelay(1.5)
+            await until_running(blocker)
+            queued = await t["record_effect"].adelay(str(fx), 1)
+            await until_running(queued)  # claimed: in the busy process's pipe
+            assert await app.cancel(queued) is True
+            assert (await app.wait(queued, 10)).status is TaskStatus.CANCELLED
+            done = await app.wait(blocker, 10)
+            assert done.status is TaskStatus.COMPLETED and done.result == "slept"
+            after = await app.wait(await t["getpid"].adelay(), 10)
+            assert after.result == done.pid, "the pool process was replaced"
+
+            slow = await t["effect_timeout_pool"].adelay(str(fx), 2, 30)
+            await until_running(slow)
+            behind = await t["record_effect"].adelay(str(fx), 3)
+            assert (await app.wait(slow, 20)).status is TaskStatus.FAILED
+            assert (await app.wait(behind, 20)).status is TaskStatus.COMPLETED
+    finally:
+        await app.aclose()
+    assert effects(fx) == {2: 1, 3: 1}
 
 
 @pytest.mark.usefixtures("cpu_hogs")
