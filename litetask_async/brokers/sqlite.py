@@ -127,17 +127,9 @@ class SQLiteWriter:
         For a synchronous caller (``delay()`` outside an event loop) with nobody to share a
         commit with: the hand-off to the writer thread and back would cost more than the write.
         Under contention the caller gets None and queues the write (group commit). Never call it
-        from an event loop: the write may wait for another process's lock.
+        from an event loop: the write may wait for another process's lock (see try_now).
         """
-        conn = self._conn
-        if conn is None or not self._queue.empty() or not self._busy.acquire(blocking=False):
-            return None
-        try:
-            if self._closed or self._conn is None:
-                return None
-            return (self._run_alone(conn, fn, args),)
-        finally:
-            self._busy.release()
+        return self._if_idle(lambda conn: (self._run_alone(conn, fn, args),))
 
     def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[T] | None:
         """:meth:`run_now` for an event loop (a lone ``adelay()``): it never waits. ``None``
@@ -145,12 +137,7 @@ class SQLiteWriter:
         transaction runs with a busy timeout of 0, so another process's write sends the caller
         to the writer thread instead of blocking its loop. Its commit does not checkpoint (disk
         syncs): every ``CHECKPOINT_EVERY`` commits the writer thread is asked to."""
-        conn = self._conn
-        if conn is None or not self._queue.empty() or not self._busy.acquire(blocking=False):
-            return None
-        try:
-            if self._closed or self._conn is None:
-                return None
+        def attempt(conn: sqlite3.Connection) -> tuple[T] | None:
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA wal_autocheckpoint=0")
             try:
@@ -158,6 +145,16 @@ class SQLiteWriter:
             finally:
                 conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
                 conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        return self._if_idle(attempt)
+
+    def _if_idle(self, run: Callable[[sqlite3.Connection], tuple[T] | None]) -> tuple[T] | None:
+        conn = self._conn
+        if conn is None or not self._queue.empty() or not self._busy.acquire(blocking=False):
+            return None
+        try:
+            if self._closed or self._conn is None:
+                return None
+            return run(conn)
         finally:
             self._busy.release()
 
