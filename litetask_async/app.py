@@ -240,11 +240,13 @@ class LiteTask:
     async def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
         if not tasks:
             return []
+        if not tracing.enabled():  # the common case, without a context manager per call
+            return await self._store(tasks, connection)
         with tracing.publishing(tasks) as traced:
             return await self._store(traced, connection)
 
     async def _store(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
-        broker = await self.broker()
+        broker = self._brokers.get(asyncio.get_running_loop()) or await self.broker()
         if connection is None:
             return await broker.enqueue(tasks)
         from .brokers.postgres import PostgresBroker

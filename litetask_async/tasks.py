@@ -178,7 +178,7 @@ class Task(Generic[P, R]):
         inside the caller's transaction: it exists, and workers see it, only once that commits.
         """
         connection = _pop_connection(kwargs)
-        return (await self._submit([(args, kwargs)], None, connection))[0]
+        return (await self._app._enqueue(self.prepare_many([(args, kwargs)], None), connection))[0]
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue from sync code (also from threads); returns the task's id once it is stored."""
