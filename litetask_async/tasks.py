@@ -414,4 +414,6 @@ def new_task(name: str, args: Sequence[Any], kwargs: dict[str, Any], *, queue: s
 
 def encode_result(task_name: str, value: Any) -> str:
     """A task's return value as stored JSON (models as dicts)."""
+    if value is None:
+        return "null"
     return dumps(value, f"the result of task {task_name!r}")

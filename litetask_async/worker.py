@@ -394,7 +394,10 @@ class Worker:
     async def _execute(self, r: _Running) -> None:
         c = r.claimed
         try:
-            with tracing.processing(c):
+            if tracing.enabled():
+                with tracing.processing(c):
+                    outcome = await self._attempt(r)
+            else:  # the common case, without a context manager per task
                 outcome = await self._attempt(r)
         except asyncio.CancelledError:
             # Cancelled from outside (the loop is shutting down): put the task back, not lost.
