@@ -7,7 +7,9 @@ facade, the app's loop and a worker in the same process see the same tasks.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import heapq
 import itertools
 import json
 import threading
@@ -69,6 +71,13 @@ class _Row:
     max_concurrency: int | None = None
     status_message: str | None = None
     trace_context: str | None = None
+    pushed: int = 0  # which entry of the pending index is this row's current one
+
+
+# A pending row's entry in the claim index: in claim order (limited tasks last, then priority,
+# due time, enqueue order), with the row's ``pushed`` number; an entry whose row has been pushed
+# again, or is no longer pending, is skipped and dropped when it comes up.
+_Entry = tuple[bool, int, float, int, str, int]
 
 
 @dataclass
@@ -80,6 +89,52 @@ class _Store:
     ticks: dict[str, float] = field(default_factory=dict)
     workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)  # info, last beat
     logs: dict[str, list[LogRecord]] = field(default_factory=dict)
+    # The pending index, so that a claim costs O(log n) per task, not a sort of every row: due
+    # entries per queue (a heap in claim order), and entries not yet due (a heap by due time).
+    ready: dict[str, list[_Entry]] = field(default_factory=dict)
+    later: list[tuple[float, _Entry, str]] = field(default_factory=list)
+    pushes: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def push(self, row: _Row, now: float) -> None:
+        """Index a row that has just become pending (call it whenever a row becomes pending)."""
+        row.pushed = next(self.pushes)
+        entry = (row.max_concurrency is not None, -row.priority, row.run_at, row.seq, row.id, row.pushed)
+        if row.run_at <= now:
+            heapq.heappush(self.ready.setdefault(row.queue, []), entry)
+        else:
+            heapq.heappush(self.later, (row.run_at, entry, row.queue))
+
+    def current(self, entry: _Entry) -> _Row | None:
+        row = self.rows.get(entry[4])
+        return row if row is not None and row.status is TaskStatus.PENDING and row.pushed == entry[5] else None
+
+    def promote(self, now: float) -> None:
+        """Move the entries that have become due to their queue's heap."""
+        while self.later and self.later[0][0] <= now:
+            _, entry, queue = heapq.heappop(self.later)
+            if self.current(entry) is not None:
+                heapq.heappush(self.ready.setdefault(queue, []), entry)
+
+    def head(self, heap: list[_Entry]) -> _Entry | None:
+        """The heap's first live entry (stale ones are dropped)."""
+        while heap and self.current(heap[0]) is None:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def earliest_pending(self, queues: Sequence[str] | None) -> float | None:
+        """The due time of a due task of ``queues`` (any: all are in the past), else of the
+        first that will be."""
+        due = [e[2] for e in map(self.head, self.ready_of(queues)) if e is not None]
+        if due:
+            return min(due)
+        while self.later and self.current(self.later[0][1]) is None:
+            heapq.heappop(self.later)
+        if queues is None:
+            return self.later[0][0] if self.later else None
+        return min((t for t, e, q in self.later if q in queues and self.current(e)), default=None)
+
+    def ready_of(self, queues: Sequence[str] | None) -> list[list[_Entry]]:
+        return [h for q, h in self.ready.items() if queues is None or q in queues]
 
     def active_with_key(self, key: str) -> _Row | None:
         for r in self.rows.values():
@@ -104,7 +159,8 @@ def _store_for(name: str) -> _Store:
         return _stores.setdefault(name, _Store())
 
 
-def _apply_outcome(row: _Row, out: Outcome, now: float) -> None:
+def _apply_outcome(row: _Row, out: Outcome, now: float) -> bool:
+    """Apply a finished attempt's outcome; True if the task went back to pending."""
     kind = out.kind
     if out.pid is not None:
         row.pid = out.pid
@@ -120,13 +176,14 @@ def _apply_outcome(row: _Row, out: Outcome, now: float) -> None:
         row.run_at = now + bounded_delay(out.retry_delay, now)
         if kind is OutcomeKind.RELEASE:
             row.max_attempts += 1
-        return
+        return True
     row.status = TaskStatus(kind.value)
     row.finished_at = now
     row.cancel_requested = False
     if kind is OutcomeKind.COMPLETED:
         row.result = out.result_json
         row.progress = 100
+    return False
 
 
 class MemoryBroker(Broker):
@@ -176,7 +233,7 @@ class MemoryBroker(Broker):
             if held is not None:
                 ids.append(held.id)
                 continue
-            st.rows[t.id] = _Row(
+            row = st.rows[t.id] = _Row(
                 seq=next(st.seq), id=t.id, name=t.name, args=t.args_json,
                 kwargs=t.kwargs_json, queue=t.queue, priority=t.priority,
                 max_attempts=t.max_attempts, created_at=now,
@@ -184,6 +241,7 @@ class MemoryBroker(Broker):
                 unique_key=t.unique_key, max_concurrency=t.max_concurrency,
                 trace_context=t.trace_context,
             )
+            st.push(row, now)
             ids.append(t.id)
         return ids
 
@@ -192,20 +250,29 @@ class MemoryBroker(Broker):
         now = time.time()
         st = self._store
         with st.lock:
-            due = [r for r in st.rows.values() if r.status is TaskStatus.PENDING and r.run_at <= now
-                   and (queues is None or r.queue in queues)]
-            due.sort(key=lambda r: (r.max_concurrency is not None, -r.priority, r.run_at, r.seq))
-            running: dict[str, int] = {}
-            for r in st.rows.values():
-                if r.status is TaskStatus.RUNNING:
-                    running[r.name] = running.get(r.name, 0) + 1
+            st.promote(now)
+            heaps = st.ready_of(queues)
+            running: collections.Counter[str] | None = None
             out: list[ClaimedTask] = []
-            for r in due:
-                if len(out) == limit:
+            at_limit: list[tuple[_Entry, list[_Entry]]] = []
+            while len(out) < limit:
+                best: tuple[_Entry, list[_Entry]] | None = None
+                for heap in heaps:
+                    entry = st.head(heap)
+                    if entry is not None and (best is None or entry < best[0]):
+                        best = (entry, heap)
+                if best is None:
                     break
-                if r.max_concurrency is not None and running.get(r.name, 0) >= r.max_concurrency:
-                    continue
-                running[r.name] = running.get(r.name, 0) + 1
+                heapq.heappop(best[1])
+                r = st.rows[best[0][4]]
+                if r.max_concurrency is not None:
+                    if running is None:
+                        running = collections.Counter(
+                            x.name for x in st.rows.values() if x.status is TaskStatus.RUNNING)
+                    if running[r.name] >= r.max_concurrency:
+                        at_limit.append(best)  # stays pending: back into the index below
+                        continue
+                    running[r.name] += 1
                 r.status = TaskStatus.RUNNING
                 r.worker_id = worker_id
                 r.attempts += 1
@@ -215,13 +282,14 @@ class MemoryBroker(Broker):
                 r.progress = 0
                 out.append(ClaimedTask(r.id, r.name, r.args, r.kwargs, r.attempts,
                                        r.max_attempts, r.queue, r.trace_context))
+            for entry, heap in at_limit:
+                heapq.heappush(heap, entry)
             return out
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         with self._store.lock:
-            times = [r.run_at for r in self._store.rows.values()
-                     if r.status is TaskStatus.PENDING and (queues is None or r.queue in queues)]
-        return min(times) - time.time() if times else None
+            earliest = self._store.earliest_pending(queues)
+        return None if earliest is None else earliest - time.time()
 
     async def enqueue_tick(self, schedule: str, tick: float, task: NewTask) -> bool:
         st = self._store
@@ -254,7 +322,8 @@ class MemoryBroker(Broker):
                 if (row is None or row.status is not TaskStatus.RUNNING or row.worker_id != out.worker_id
                         or row.attempts != out.attempt):
                     continue
-                _apply_outcome(row, out, now)
+                if _apply_outcome(row, out, now):
+                    st.push(row, now)
                 applied.append(out.task_id)
             if any(o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in outcomes):
                 st.wake()
@@ -304,6 +373,7 @@ class MemoryBroker(Broker):
                     row.status = TaskStatus.PENDING
                     row.max_attempts += 1
                     row.run_at = now
+                    st.push(row, now)
                 else:
                     row.status = TaskStatus.FAILED
                     row.finished_at = now
@@ -365,6 +435,7 @@ class MemoryBroker(Broker):
             row.cancel_requested = False
             row.max_attempts = row.attempts + 1
             row.progress = 0
+            self._store.push(row, row.run_at)
             self._store.wake()
             return True
 
