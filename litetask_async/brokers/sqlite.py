@@ -167,14 +167,16 @@ class SQLiteWriter:
             raise self._failed(exc) from exc
         try:
             value = fn(conn, *args)
+        except Exception:
+            self._rollback(conn)
+            raise
+        try:
             conn.execute("COMMIT")
-        except Exception as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 return None  # nothing was stored: the writer thread does it again
-            raise
+            raise self._failed(exc) from exc
         self.commits += 1
         self._unchecked += 1
         if self._unchecked >= CHECKPOINT_EVERY:
@@ -195,21 +197,23 @@ class SQLiteWriter:
         try:
             value = fn(conn, *args)
         except Exception:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise
         try:
             _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
         except Exception as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            self._rollback(conn)
             raise self._failed(exc) from exc
         self.commits += 1
         if _makes_work(fn, args):
             self._waker.poke()
         return value
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _failed(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"SQLite write to {self.path} failed: {exc}")
@@ -335,9 +339,7 @@ class SQLiteWriter:
                 _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
                 self.commits += 1
         except Exception as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            self._rollback(conn)
             err = self._failed(exc)
             err.__cause__ = exc
             for _fn, _args, fut in batch:
