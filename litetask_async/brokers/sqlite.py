@@ -623,9 +623,14 @@ def _op_finish(conn: sqlite3.Connection, outcomes: Sequence[Outcome]) -> list[st
     return applied
 
 
+def _op_finish_and_claim(conn: sqlite3.Connection, outcomes: Sequence[Outcome], worker_id: str, pid: int,
+                         limit: int, queues: Sequence[str] | None) -> tuple[list[str], list[ClaimedTask]]:
+    return _op_finish(conn, outcomes), _op_claim(conn, worker_id, pid, limit, queues) if limit > 0 else []
+
+
 def _makes_work(fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
     """Whether a committed write may have made a task due that an idle worker should claim."""
-    if fn is _op_finish:
+    if fn is _op_finish or fn is _op_finish_and_claim:
         return any(o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in args[0])
     return fn in (_op_insert, _op_requeue_stalled, _op_retry, _op_enqueue_tick)
 
@@ -786,12 +791,16 @@ class SQLiteBroker(Broker):
         ops[-1][2].add_done_callback(resolved)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
-        now = time.time()
+        return await self._write_soon(_op_insert, tasks, time.time())
+
+    async def _write_soon(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`_write`, or at once on the loop when that is cheaper and never waits
+        (``SQLiteWriter.try_now``): a lone enqueue, a worker's claim."""
         if self._writer is not None and self._may_write_inline():
-            done = self._writer.try_now(_op_insert, tasks, now)
+            done = self._writer.try_now(fn, *args)
             if done is not None:
                 return done[0]
-        return await self._write(_op_insert, tasks, now)
+        return await self._write(fn, *args)
 
     def _may_write_inline(self) -> bool:
         """Whether an enqueue may be written on the loop itself (``try_now``, about a third of
@@ -813,7 +822,15 @@ class SQLiteBroker(Broker):
 
     async def claim(self, worker_id: str, pid: int, limit: int,
                     queues: Sequence[str] | None = None) -> list[ClaimedTask]:
-        return await self._write(_op_claim, worker_id, pid, limit, queues)
+        return await self._write_soon(_op_claim, worker_id, pid, limit, queues)
+
+    #: The worker hands its finished tasks' outcomes to its next claim: one transaction, written
+    #: on the loop when the writer thread is idle (no hand-over there and back per round).
+    combines_finish_and_claim = True
+
+    async def finish_and_claim(self, outcomes: Sequence[Outcome], worker_id: str, pid: int, limit: int,
+                               queues: Sequence[str] | None = None) -> tuple[list[str], list[ClaimedTask]]:
+        return await self._write_soon(_op_finish_and_claim, outcomes, worker_id, pid, limit, queues)
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         earliest = await self._earliest_pending(queues)

@@ -250,3 +250,30 @@ async def test_cancel_request_wins_over_going_back_to_pending(app: LiteTask, kin
     rec = await b.get(t.id)
     assert rec is not None and rec.status is TaskStatus.CANCELLED and rec.finished_at is not None
     assert await b.claim("w", 1, 5) == []  # it never runs again
+
+
+async def test_finish_and_claim_has_finish_and_claim_semantics(app: LiteTask) -> None:
+    """finish_and_claim (one transaction on SQLite and PostgreSQL, two calls on memory) writes
+    outcomes as finish() does (only the worker's own attempt; a retry whose task was asked to
+    cancel ends cancelled) and claims as claim() does; a task put back by a retry is claimed by
+    that call or the next."""
+    b = await broker_of(app)
+    a, bb, c, d, e = await b.enqueue([nt(n=i) for i in range(5)])
+    assert {x.id for x in await b.claim("w1", 1, 3)} == {a, bb, c}
+    assert await b.cancel(c) is True  # running: flagged for its worker
+    outcomes = [Outcome(a, "w1", 1, OutcomeKind.COMPLETED, result_json="0"),
+                Outcome(bb, "w1", 2, OutcomeKind.COMPLETED, result_json="2"),  # not its attempt
+                Outcome(c, "w1", 1, OutcomeKind.RETRY, error_json='{"type": "E"}', retry_delay=0)]
+    finished, claimed = await b.finish_and_claim(outcomes, "w1", 1, 5)
+    assert sorted(finished) == sorted([a, c])
+    assert sorted(x.id for x in claimed) == sorted([d, e])
+    statuses = {t: (await b.get(t)).status for t in (a, bb, c, d, e)}  # type: ignore[union-attr]
+    assert statuses == {a: TaskStatus.COMPLETED, bb: TaskStatus.RUNNING, c: TaskStatus.CANCELLED,
+                        d: TaskStatus.RUNNING, e: TaskStatus.RUNNING}
+    finished, claimed = await b.finish_and_claim(
+        [Outcome(d, "w1", 1, OutcomeKind.RETRY, error_json='{"type": "E"}', retry_delay=0)], "w1", 1, 5)
+    assert finished == [d]
+    if not claimed:  # PostgreSQL: the claim reads the statement's snapshot, from before the retry
+        assert (await b.get(d)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+        claimed = await b.claim("w1", 1, 5)
+    assert [(x.id, x.attempts) for x in claimed] == [(d, 2)]
