@@ -1,6 +1,6 @@
 """Embedded benchmark: litetask_async on SQLite and on memory, next to huey's SqliteHuey.
 
-    python benchmarks/bench_embedded.py [--n 2000] [--n-latency 200] [--json out.json]
+    python benchmarks/bench_embedded.py [--n 10000] [--n-latency 200] [--json out.json]
 
 One run measures litetask_async on SQLite (a fresh file per phase in a temp dir), on memory
 (``memory://bench-<phase>``) and huey (``peer_huey.run_huey_benchmark``) and prints one table.
@@ -753,7 +753,8 @@ def _git_state() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=2000, help="tasks per enqueue/processing phase")
+    ap.add_argument("--n", type=int, default=10000,
+                    help="tasks per enqueue/processing phase (2,000 lasted 60-200 ms: one hiccup moved a ratio)")
     ap.add_argument("--n-latency", type=int, default=200, help="sequential latency probes")
     ap.add_argument("--json", metavar="PATH", help="also write all numbers to this JSON file")
     ap.add_argument("--no-huey", action="store_true", help="skip the huey peer benchmark")
