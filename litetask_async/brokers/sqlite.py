@@ -132,11 +132,11 @@ class SQLiteWriter:
         return self._if_idle(lambda conn: (self._run_alone(conn, fn, args),))
 
     def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[T] | None:
-        """:meth:`run_now` for an event loop (a lone ``adelay()``): it never waits. ``None``
-        unless the writer is idle and the file's write lock is free this instant: the
-        transaction runs with a busy timeout of 0, so another process's write sends the caller
-        to the writer thread instead of blocking its loop. Its commit does not checkpoint (disk
-        syncs): every ``CHECKPOINT_EVERY`` commits the writer thread is asked to."""
+        """:meth:`run_now` for an event loop (a lone ``adelay()``, a worker's claim): it never
+        waits. ``None`` unless the writer is idle and the file's write lock is free this
+        instant: the transaction runs with a busy timeout of 0, so another process's write sends
+        the caller to the writer thread instead of blocking its loop. Its commit does not
+        checkpoint (disk syncs): every ``CHECKPOINT_EVERY`` commits the writer thread is asked to."""
         def attempt(conn: sqlite3.Connection) -> tuple[T] | None:
             conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -803,11 +803,11 @@ class SQLiteBroker(Broker):
         return await self._write(fn, *args)
 
     def _may_write_inline(self) -> bool:
-        """Whether an enqueue may be written on the loop itself (``try_now``, about a third of
-        the hand-off to the writer thread and back): yes, unless another task of this loop
-        enqueued in this turn of the loop. So a coroutine's ``adelay()`` one after another is
-        written at once, and 1,000 ``adelay()`` under ``gather`` still share a commit (the first
-        is written at once, the rest are handed over together)."""
+        """Whether a write may go on the loop itself (``try_now``, about a third of the
+        hand-off to the writer thread and back): yes, unless another task of this loop wrote in
+        this turn of the loop. So a coroutine's ``adelay()`` one after another, or a worker's
+        claims, are written at once, and 1,000 ``adelay()`` under ``gather`` still share a
+        commit (the first is written at once, the rest are handed over together)."""
         if self._coalesced:
             return False
         task = asyncio.current_task()
