@@ -3,7 +3,8 @@
 Its tasks record every attempt in a shared file (``$LT_MH_EFFECTS``), one line per event:
 ``event task_number attempt hostname pid time``, written with one O_APPEND write, so lines from
 many processes (in other namespaces: the file system is shared) never interleave. ``event`` is
-``end`` when the body finished, ``start``/``stopped`` for the tasks that wait (``hold``).
+``end`` when the body finished, ``start``/``stopped`` for the tasks that wait (``hold``) and
+``start`` for the long ``work`` tasks.
 
 A task knows its attempt number from the CONSUMER span the worker runs each attempt in
 (README, "Traces": attribute ``litetask.task.attempt``): with ``$LT_MH_WORKER`` set, the module
@@ -56,8 +57,11 @@ def effect(event: str, n: int, attempt: int) -> dict[str, Any]:
 
 @app.task
 async def work(n: int, seconds: float) -> dict[str, Any]:
-    """Sleeps ``seconds`` (0: none), records its attempt, returns who ran which attempt."""
+    """Sleeps ``seconds`` (0: none), records its attempt, returns who ran which attempt. A
+    long one (a second or more) also records its start."""
     attempt = current_attempt()
+    if seconds >= 1.0:
+        effect("start", n, attempt)
     if seconds > 0:
         await asyncio.sleep(seconds)
     return effect("end", n, attempt)

@@ -174,11 +174,12 @@ class Cluster:
             out.append(Effect(event, int(n), int(attempt), host, int(pid), float(at)))
         return out
 
-    def ends_by_task(self) -> dict[int, list[Effect]]:
-        """The ``end`` effects (a task body that finished) of each task number."""
+    def ends_by_task(self, event: str = "end") -> dict[int, list[Effect]]:
+        """The ``end`` effects (a task body that finished) of each task number, or those of
+        another ``event``."""
         out: dict[int, list[Effect]] = collections.defaultdict(list)
         for e in self.effects():
-            if e.event == "end":
+            if e.event == event:
                 out[e.n].append(e)
         return out
 
