@@ -240,8 +240,6 @@ class LiteTask:
     async def _enqueue(self, tasks: Sequence[NewTask], connection: Any = None) -> list[str]:
         if not tasks:
             return []
-        if not tracing.enabled():  # the common case, without a context manager per call
-            return await self._store(tasks, connection)
         with tracing.publishing(tasks) as traced:
             return await self._store(traced, connection)
 

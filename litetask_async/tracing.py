@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,12 +60,16 @@ def _carrier() -> str | None:
     return json.dumps(headers, separators=(",", ":")) if headers else None
 
 
-@contextlib.contextmanager
-def publishing(tasks: Sequence[NewTask]) -> Iterator[Sequence[NewTask]]:
-    """A PRODUCER span around storing ``tasks``; yields them with its trace context attached."""
+def publishing(tasks: Sequence[NewTask]) -> AbstractContextManager[Sequence[NewTask]]:
+    """A PRODUCER span around storing ``tasks``; yields them with its trace context attached.
+    Without tracing a plain ``nullcontext`` (no generator per call: enqueue is a hot path)."""
     if not tasks or not enabled():
-        yield tasks
-        return
+        return contextlib.nullcontext(tasks)
+    return _publishing(tasks)
+
+
+@contextlib.contextmanager
+def _publishing(tasks: Sequence[NewTask]) -> Iterator[Sequence[NewTask]]:
     first = tasks[0]
     attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
@@ -87,12 +92,16 @@ def publishing(tasks: Sequence[NewTask]) -> Iterator[Sequence[NewTask]]:
             raise
 
 
-@contextlib.contextmanager
-def processing(task: ClaimedTask) -> Iterator[None]:
-    """A CONSUMER span for one attempt, child of the context stored when it was enqueued."""
+def processing(task: ClaimedTask) -> AbstractContextManager[None]:
+    """A CONSUMER span for one attempt, child of the context stored when it was enqueued.
+    Without tracing a plain ``nullcontext`` (no generator per task)."""
     if not enabled():
-        yield
-        return
+        return contextlib.nullcontext()
+    return _processing(task)
+
+
+@contextlib.contextmanager
+def _processing(task: ClaimedTask) -> Iterator[None]:
     parent = None
     if task.trace_context:
         with contextlib.suppress(ValueError, TypeError):

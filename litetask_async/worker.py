@@ -394,10 +394,7 @@ class Worker:
     async def _execute(self, r: _Running) -> None:
         c = r.claimed
         try:
-            if tracing.enabled():
-                with tracing.processing(c):
-                    outcome = await self._attempt(r)
-            else:  # the common case, without a context manager per task
+            with tracing.processing(c):
                 outcome = await self._attempt(r)
         except asyncio.CancelledError:
             # Cancelled from outside (the loop is shutting down): put the task back, not lost.
