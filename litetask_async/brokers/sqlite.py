@@ -129,7 +129,7 @@ class SQLiteWriter:
         Under contention the caller gets None and queues the write (group commit). Never call it
         from an event loop: the write may wait for another process's lock (see try_now).
         """
-        return self._if_idle(lambda conn: (self._run_alone(conn, fn, args),))
+        return self._if_idle(lambda conn: self._alone(conn, fn, args, wait=True))
 
     def try_now(self, fn: Callable[..., T], *args: Any) -> tuple[T] | None:
         """:meth:`run_now` for an event loop (a lone ``adelay()``, a worker's claim): it never
@@ -137,15 +137,7 @@ class SQLiteWriter:
         instant: the transaction runs with a busy timeout of 0, so another process's write sends
         the caller to the writer thread instead of blocking its loop. Its commit does not
         checkpoint (disk syncs): every ``CHECKPOINT_EVERY`` commits the writer thread is asked to."""
-        def attempt(conn: sqlite3.Connection) -> tuple[T] | None:
-            conn.execute("PRAGMA busy_timeout=0")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            try:
-                return self._try_alone(conn, fn, args)
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
-                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
-        return self._if_idle(attempt)
+        return self._if_idle(lambda conn: self._alone(conn, fn, args, wait=False))
 
     def _if_idle(self, run: Callable[[sqlite3.Connection], tuple[T] | None]) -> tuple[T] | None:
         conn = self._conn
@@ -158,40 +150,41 @@ class SQLiteWriter:
         finally:
             self._busy.release()
 
-    def _try_alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[T] | None:
+    def _alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...], *,
+               wait: bool) -> tuple[T] | None:
+        """One write in a transaction of its own, no savepoint (no neighbour to protect):
+        ``(its result,)``. The lone ``delay()``'s path, without the futures a batch needs (a
+        fifth of that call), and :meth:`_run_batch`'s for a batch of one. With ``wait`` a busy
+        file is retried up to the busy timeout; without (try_now) the transaction gets a busy
+        timeout of 0 and no checkpoint, and a busy BEGIN or COMMIT returns None (nothing was
+        stored)."""
+        if wait:
+            return self._transaction(conn, fn, args, lambda sql: _retry_locked(
+                partial(conn.execute, sql), self.busy_ms / 1000))
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                return None
-            raise self._failed(exc) from exc
-        try:
-            value = fn(conn, *args)
-        except Exception:
-            self._rollback(conn)
+            done = self._transaction(conn, fn, args, conn.execute)
+        except BrokerUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError) and _is_busy(cause):
+                return None  # BEGIN or COMMIT found the file busy: nothing was stored
             raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                return None  # nothing was stored: the writer thread does it again
-            raise self._failed(exc) from exc
-        self.commits += 1
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={self.busy_ms}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
         self._unchecked += 1
         if self._unchecked >= CHECKPOINT_EVERY:
             self._unchecked = 0
             self._queue.put([])  # an empty batch: the writer thread checkpoints
-        if _makes_work(fn, args):
-            self._waker.poke()
-        return (value,)
+        return done
 
-    def _run_alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """One write in a transaction of its own, no savepoint (no neighbour to protect): the
-        lone ``delay()``'s path, without the futures a batch needs (a fifth of that call), and
-        :meth:`_run_batch`'s for a batch of one."""
+    def _transaction(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...],
+                     execute: Callable[[str], Any]) -> tuple[T]:
+        """BEGIN IMMEDIATE, ``fn``, COMMIT through ``execute``. What ``fn`` raises is raised
+        as it is; a failed BEGIN or COMMIT is BrokerUnavailable (caused by SQLite's error)."""
         try:
-            _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
+            execute("BEGIN IMMEDIATE")
         except Exception as exc:
             raise self._failed(exc) from exc
         try:
@@ -200,14 +193,14 @@ class SQLiteWriter:
             self._rollback(conn)
             raise
         try:
-            _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
+            execute("COMMIT")
         except Exception as exc:
             self._rollback(conn)
             raise self._failed(exc) from exc
         self.commits += 1
         if _makes_work(fn, args):
             self._waker.poke()
-        return value
+        return (value,)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -309,7 +302,9 @@ class SQLiteWriter:
             fn, args, fut = batch[0]
             if fut.set_running_or_notify_cancel():
                 try:
-                    fut.set_result(self._run_alone(conn, fn, args))
+                    done = self._alone(conn, fn, args, wait=True)
+                    assert done is not None  # only a write that does not wait gives up
+                    fut.set_result(done[0])
                 except Exception as exc:
                     fut.set_exception(exc)
             return
