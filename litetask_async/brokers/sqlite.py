@@ -877,17 +877,33 @@ class SQLiteBroker(Broker):
                          queue: str | None = None, limit: int = 50,
                          before: str | None = None) -> list[TaskRecord]:
         where, params = [], []
-        for column, value in (("status", status), ("name", name), ("queue", queue)):
+        if before is not None:
+            if await self._fetch_one(sql.EXISTS, (before,)) is None:
+                raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
+            where.append("AND id < ?")
+            params.append(before)
+        for column, value in (("name", name), ("queue", queue)):
             if value is not None:
                 where.append(f"AND {column} = ?")
                 params.append(value)
-        if before is not None:
-            row = await self._fetch_one(sql.SEQ_OF, (before,))
-            if row is None:
-                raise TaskNotFound(f"no task with id {before!r} (the 'before' cursor)")
-            where.append("AND seq < ?")
-            params.append(row[0])
-        rows = await self._fetch(sql.LIST.format(where=" ".join(where)), (*params, limit))
+        if name is None and queue is None:
+            if status is not None:
+                where.append("AND status = ?")
+                params.append(status)
+            query = sql.LIST.format(where=" ".join(where))
+            return [record_from_row(dict(r)) for r in await self._fetch(query, (*params, limit))]
+        # Finished tasks are found by name or queue through their own indexes; pending and
+        # running ones through theirs (see LIST_UNION).
+        states = ["final", "pending", "running"]
+        if status in ("pending", "running"):
+            states = [status]
+        elif status is not None:
+            states = ["one final"]
+            params.insert(0, status)
+        part_where = " ".join(where)
+        parts = " UNION ALL ".join(sql.LIST_PARTS[state].format(where=part_where) for state in states)
+        part_params = [*params, limit] * len(states)
+        rows = await self._fetch(sql.LIST_UNION.format(parts=parts), (*part_params, limit))
         return [record_from_row(dict(r)) for r in rows]
 
     async def retry(self, task_id: str) -> bool:

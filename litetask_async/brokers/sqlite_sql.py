@@ -1,7 +1,8 @@
 """Every SQL statement of the SQLite broker, in one place.
 
 Times are REAL seconds since the epoch, passed in by the caller (one SQLite file lives on one
-machine, so there is one clock). ``seq`` keeps enqueue order for ties in priority.
+machine, so there is one clock). Task ids are made in time order (``tasks.new_ids``), so the id
+is also the enqueue order: claim ties in priority and due time, and list order, go by id.
 """
 
 PRAGMAS = (
@@ -18,6 +19,41 @@ SET_VERSION = """
 INSERT INTO litetask_meta (key, value) VALUES ('schema_version', ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
+
+#: The finished states, spelled as the partial indexes spell them: a query uses such an index
+#: only if its WHERE has this very term.
+FINAL = "status IN ('completed', 'failed', 'cancelled')"
+
+# The task table's columns after the id (migration 9 rebuilds the table with them).
+_TASK_COLUMNS = """
+            name TEXT NOT NULL,
+            queue TEXT NOT NULL DEFAULT 'default',
+            priority INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+            progress INTEGER NOT NULL DEFAULT 0,
+            args TEXT NOT NULL,
+            kwargs TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            pid INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL DEFAULT 1,
+            rescues INTEGER NOT NULL DEFAULT 0,
+            worker_id TEXT,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            run_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            heartbeat_at REAL,
+            errors TEXT NOT NULL DEFAULT '[]',
+            unique_key TEXT,
+            max_concurrency INTEGER,
+            status_message TEXT,
+            trace_context TEXT"""
+_TASK_COLUMN_NAMES = ", ".join(line.split()[0] for line in _TASK_COLUMNS.strip().splitlines()
+                               if not line.strip().startswith("CHECK"))
 
 # Migration n brings the schema from version n-1 to n. Never edit a released one; add the next.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -136,6 +172,45 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             WHERE status = 'pending' AND max_concurrency IS NOT NULL
         """,
     ),
+    # The table is keyed by the task id (WITHOUT ROWID) and the name/queue listing indexes hold
+    # finished tasks only: a one-by-one enqueue dirtied six pages per commit (row, AUTOINCREMENT
+    # counter, id index, pending index, (name, seq), (queue, seq)) and now dirties two (row,
+    # pending index), 45 -> 22 us per raw insert transaction (benchmarks/README.md). Ids are
+    # time-ordered and increase within a process, so the id takes seq's place as enqueue order.
+    9: (
+        f"""
+        CREATE TABLE litetask_tasks_new (
+            id TEXT PRIMARY KEY,
+            {_TASK_COLUMNS}
+        ) WITHOUT ROWID
+        """,
+        f"""
+        INSERT INTO litetask_tasks_new (id, {_TASK_COLUMN_NAMES})
+        SELECT id, {_TASK_COLUMN_NAMES} FROM litetask_tasks
+        """,
+        "DROP TABLE litetask_tasks",
+        "ALTER TABLE litetask_tasks_new RENAME TO litetask_tasks",
+        """
+        CREATE INDEX litetask_tasks_pending
+            ON litetask_tasks (priority DESC, run_at, id) WHERE status = 'pending'
+        """,
+        "CREATE INDEX litetask_tasks_running ON litetask_tasks (heartbeat_at) WHERE status = 'running'",
+        """
+        CREATE UNIQUE INDEX litetask_tasks_unique ON litetask_tasks (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')
+        """,
+        """
+        CREATE INDEX litetask_tasks_limited ON litetask_tasks (name)
+            WHERE status = 'running' AND max_concurrency IS NOT NULL
+        """,
+        """
+        CREATE INDEX litetask_tasks_limited_due ON litetask_tasks (run_at)
+            WHERE status = 'pending' AND max_concurrency IS NOT NULL
+        """,
+        f"CREATE INDEX litetask_tasks_finished ON litetask_tasks (finished_at) WHERE {FINAL}",
+        f"CREATE INDEX litetask_tasks_finished_name ON litetask_tasks (name, id) WHERE {FINAL}",
+        f"CREATE INDEX litetask_tasks_finished_queue ON litetask_tasks (queue, id) WHERE {FINAL}",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -159,33 +234,33 @@ CLAIM = """
 UPDATE litetask_tasks
 SET status = 'running', worker_id = ?, pid = ?, attempts = attempts + 1,
     started_at = ?, heartbeat_at = ?, progress = 0
-WHERE seq IN (
-    SELECT seq FROM litetask_tasks
+WHERE id IN (
+    SELECT id FROM litetask_tasks
     WHERE status = 'pending' AND run_at <= ? AND max_concurrency IS NULL {queues}
-    ORDER BY priority DESC, run_at, seq
+    ORDER BY priority DESC, run_at, id
     LIMIT ?
 )
 RETURNING id, name, args, kwargs, attempts, max_attempts, queue, trace_context
 """
 
 # Tasks with a concurrency limit: the k-th pending task of a name is claimable while
-# running + k <= limit. INDEXED BY: left to itself the planner walks (name, seq), every task
-# ever stored, to save the window's sort. Runs in the writer's immediate transaction, so claims of all processes
+# running + k <= limit. INDEXED BY: left to itself the planner walked (name, seq), every task
+# ever stored, to save the window's sort (schema 8). Runs in the writer's immediate transaction, so claims of all processes
 # are serialised and the count cannot be raced.
 CLAIM_LIMITED = """
 WITH running AS (
     SELECT name, count(*) AS n FROM litetask_tasks
     WHERE status = 'running' AND max_concurrency IS NOT NULL GROUP BY name
 ), ranked AS (
-    SELECT t.seq, t.priority, t.run_at, t.max_concurrency, coalesce(r.n, 0) AS n,
-           row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.run_at, t.seq) AS k
+    SELECT t.id, t.priority, t.run_at, t.max_concurrency, coalesce(r.n, 0) AS n,
+           row_number() OVER (PARTITION BY t.name ORDER BY t.priority DESC, t.run_at, t.id) AS k
     FROM litetask_tasks t INDEXED BY litetask_tasks_limited_due LEFT JOIN running r ON r.name = t.name
     WHERE t.status = 'pending' AND t.run_at <= ? AND t.max_concurrency IS NOT NULL {queues}
 )
 UPDATE litetask_tasks
 SET status = 'running', worker_id = ?, pid = ?, attempts = attempts + 1,
     started_at = ?, heartbeat_at = ?, progress = 0
-WHERE seq IN (SELECT seq FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, seq LIMIT ?)
+WHERE id IN (SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, id LIMIT ?)
 RETURNING id, name, args, kwargs, attempts, max_attempts, queue, trace_context
 """
 
@@ -283,15 +358,30 @@ CANCEL_REQUESTED = "SELECT id FROM litetask_tasks WHERE cancel_requested = 1 AND
 
 DATA_VERSION = "PRAGMA data_version"
 
-# {where} is built from optional filters; keyset pagination on seq, newest first.
+# {where} is built from optional filters; keyset pagination on the id, newest first.
 LIST = """
 SELECT * FROM litetask_tasks
 WHERE 1 = 1 {where}
-ORDER BY seq DESC
+ORDER BY id DESC
 LIMIT ?
 """
 
-SEQ_OF = "SELECT seq FROM litetask_tasks WHERE id = ?"
+# A listing filtered by name or queue, as the union of its parts by state ({parts}: LIST_PARTS
+# joined by UNION ALL): the finished tasks through their (name, id) or (queue, id) index, the
+# pending and running ones through their partial indexes, which hold as many entries as tasks
+# are waiting or running (left to itself the planner scans the whole table for them).
+LIST_UNION = """
+SELECT * FROM ({parts})
+ORDER BY id DESC
+LIMIT ?
+"""
+_LIST_PART = "SELECT * FROM (SELECT * FROM litetask_tasks {state} {{where}} ORDER BY id DESC LIMIT ?)"
+LIST_PARTS = {
+    "final": _LIST_PART.format(state=f"WHERE {FINAL}"),
+    "one final": _LIST_PART.format(state=f"WHERE {FINAL} AND status = ?"),
+    "pending": _LIST_PART.format(state="INDEXED BY litetask_tasks_pending WHERE status = 'pending'"),
+    "running": _LIST_PART.format(state="INDEXED BY litetask_tasks_running WHERE status = 'running'"),
+}
 
 RETRY = """
 UPDATE litetask_tasks

@@ -34,6 +34,38 @@ async def test_list_tasks_newest_first_with_filters_and_keyset_pages(app: LiteTa
         await app.list_tasks(before="no-such-id")
 
 
+async def test_list_by_name_or_queue_spans_every_state(app: LiteTask) -> None:
+    """A listing filtered by name or queue finds finished, running and pending tasks alike,
+    newest first, page by page (on SQLite these live in different indexes)."""
+    t = jobs.register(app)
+    mix = {"queue": "mix"}
+    done = await t["aadd"].configure(**mix).adelay(1, 1)
+    other = await t["aadd"].configure(queue="other").adelay(2, 2)
+    async with running_worker(app, queues=["mix", "other"]):
+        await app.wait(done, 10)
+        await app.wait(other, 10)
+        running = await t["sleep_async"].configure(**mix).adelay(30)
+        for _ in range(200):
+            if (rec := await app.get_task(running)) and rec.status is TaskStatus.RUNNING:
+                break
+            await asyncio.sleep(0.05)
+        waiting = await t["aadd"].configure(countdown=3600, **mix).adelay(3, 3)
+        failed = await t["fail_async"].configure(**mix).adelay("x")
+        await app.wait(failed, 10)
+        assert [r.id for r in await app.list_tasks(queue="mix")] == [failed, waiting, running, done]
+        assert [r.id for r in await app.list_tasks(name="tests.jobs.aadd")] == [waiting, other, done]
+        assert [r.id for r in await app.list_tasks(name="tests.jobs.aadd", queue="mix")] == [waiting, done]
+        first = await app.list_tasks(queue="mix", limit=2)
+        assert [r.id for r in first] == [failed, waiting]
+        rest = await app.list_tasks(queue="mix", limit=2, before=first[-1].id)
+        assert [r.id for r in rest] == [running, done]
+        by_state = {s: [r.id for r in await app.list_tasks(queue="mix", status=s)]
+                    for s in ("pending", "running", "completed", "failed", "cancelled")}
+        assert by_state == {"pending": [waiting], "running": [running], "completed": [done],
+                            "failed": [failed], "cancelled": []}
+        await app.cancel(running)
+
+
 async def test_retry_failed_and_cancelled_keeps_history(app: LiteTask, tmp_path: object) -> None:
     t = jobs.register(app)
     async with running_worker(app):

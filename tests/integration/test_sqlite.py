@@ -158,6 +158,70 @@ async def test_a_database_of_an_older_schema_is_migrated_with_its_tasks(tmp_path
     assert "litetask_tasks_status_seq" not in names and "litetask_tasks_pending" in names
 
 
+async def test_schema_8_is_rebuilt_keyed_by_id_with_every_task_kept(tmp_path: Path) -> None:
+    """Migration 9 rebuilds the task table (WITHOUT ROWID, keyed by the id): every row and
+    column survives, unique keys stay enforced, pending tasks still run in their order."""
+    from litetask_async.brokers import sqlite_sql as sql
+    from litetask_async.brokers.base import record_from_row
+    from litetask_async.tasks import new_ids
+
+    db = tmp_path / "v8.db"
+    ids = new_ids(4)
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql.CREATE_META)
+        for version in range(1, 9):
+            for statement in sql.MIGRATIONS[version]:
+                conn.execute(statement)
+        conn.execute(sql.SET_VERSION, ("8",))
+        insert = ("INSERT INTO litetask_tasks (id, name, queue, priority, status, args, kwargs, result, "
+                  "error, errors, attempts, max_attempts, created_at, run_at, finished_at, unique_key) "
+                  "VALUES (?, 'tests.jobs.aadd', ?, 0, ?, ?, '{}', ?, ?, ?, ?, 2, ?, ?, ?, ?)")
+        conn.execute(insert, (ids[0], "q", "completed", "[1, 1]", "2", None, "[]", 1, 1.0, 1.0, 2.0, None))
+        conn.execute(insert, (ids[1], "q", "failed", "[0, 0]", None, '{"type": "E"}', '[{"type": "E"}]',
+                              2, 2.0, 2.0, 3.0, None))
+        conn.execute(insert, (ids[2], "q", "pending", "[2, 3]", None, None, "[]", 0, 3.0, 3.0, None, "k"))
+        conn.execute(insert, (ids[3], "q", "pending", "[4, 5]", None, None, "[]", 0, 4.0, 4.0, None, None))
+        conn.row_factory = sqlite3.Row
+        before = {r["id"]: record_from_row(dict(r)) for r in conn.execute("SELECT * FROM litetask_tasks")}
+    app = LiteTask(f"sqlite:///{db}")
+    try:
+        t = jobs.register(app)
+        assert {i: await app.get_task(i) for i in ids} == before
+        assert [r.id for r in await app.list_tasks(queue="q")] == ids[::-1]
+        assert await t["aadd"].configure(unique_key="k").adelay(9, 9) == ids[2]  # still the key's task
+        async with running_worker(app):
+            assert (await app.wait(ids[2], 20)).result == 5 and (await app.wait(ids[3], 20)).result == 9
+    finally:
+        await app.aclose()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute(sql.GET_SCHEMA_VERSION).fetchone()[0] == str(sql.LATEST_VERSION)
+        table = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'litetask_tasks'").fetchone()[0]
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "WITHOUT ROWID" in table and "seq" not in table
+    assert not {"litetask_tasks_name_seq", "litetask_tasks_queue_seq"} & names
+    assert {"litetask_tasks_pending", "litetask_tasks_finished_name", "litetask_tasks_unique"} <= names
+
+
+def test_filtered_listings_read_indexes_not_the_table(tmp_path: Path) -> None:
+    """Listing by name or queue reads the finished tasks' (name, id) / (queue, id) index and
+    the pending and running partial indexes: never a scan of every task ever stored."""
+    from litetask_async.brokers import sqlite_sql as sql
+    from litetask_async.brokers.sqlite import _migrate
+
+    conn = sqlite3.connect(tmp_path / "plans.db", isolation_level=None)
+    _migrate(conn)
+    for states in (["final", "pending", "running"], ["one final"], ["pending"], ["running"]):
+        for where in ("AND name = ?", "AND id < ? AND queue = ?"):
+            parts = " UNION ALL ".join(sql.LIST_PARTS[s].format(where=where) for s in states)
+            query = sql.LIST_UNION.format(parts=parts)
+            params = ["x"] * query.count("?")
+            for row in conn.execute("EXPLAIN QUERY PLAN " + query, params):
+                detail = row[3]
+                if "litetask_tasks" in detail:
+                    assert "USING INDEX litetask_tasks_" in detail, (detail, states, where)
+    conn.close()
+
+
 async def test_a_cancelled_read_leaves_no_stale_snapshot(tmp_path: Path) -> None:
     """A read cancelled halfway (a worker stopping in the middle of next_due()) must not leave
     its statement open on the shared reader: its snapshot would hide every later commit from
@@ -185,7 +249,7 @@ async def test_a_cancelled_read_leaves_no_stale_snapshot(tmp_path: Path) -> None
 
 def test_claim_and_due_queries_read_only_the_pending_indexes(tmp_path: Path) -> None:
     """The claim, the limited tasks' claim and "when is the next task due" read the partial
-    indexes of pending and running tasks (or rows by rowid), never an index or a scan of every
+    indexes of pending and running tasks (or rows by their id), never an index or a scan of every
     task ever stored: with 200,000 finished tasks the limited claim walked (name, seq) and took
     127 ms per claim that found fewer tasks than it asked for."""
     from litetask_async.brokers import sqlite_sql as sql
@@ -194,7 +258,7 @@ def test_claim_and_due_queries_read_only_the_pending_indexes(tmp_path: Path) -> 
     conn = sqlite3.connect(tmp_path / "plans.db", isolation_level=None)
     _migrate(conn)
     partial = ("litetask_tasks_pending", "litetask_tasks_limited_due", "litetask_tasks_limited",
-               "INTEGER PRIMARY KEY")
+               "PRIMARY KEY (id=?)")
     for query, params in [(sql.CLAIM.format(queues=""), ("w", 1, 1.0, 1.0, 1.0, 10)),
                           (sql.CLAIM_LIMITED.format(queues="AND t.queue IN (?)"), (1.0, "q", "w", 1, 1.0, 1.0, 10)),
                           (sql.EARLIEST_PENDING.format(queues=""), ()),
