@@ -21,16 +21,20 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 
 #: The finished states, spelled as the partial indexes spell them: a query uses such an index
-#: only if its WHERE has this very term.
-FINAL = "status IN ('completed', 'failed', 'cancelled')"
+#: only if its WHERE has this very term. Not ``status IN (...)``: SQLite builds the IN list's
+#: lookup table each time it evaluates it, for each such index, on every insert and update
+#: (three indexes: 3 of a lone enqueue's 26 us).
+FINAL = "(status = 'completed' OR status = 'failed' OR status = 'cancelled')"
 
-# The task table's columns after the id (migration 9 rebuilds the table with them).
+# The task table's columns after the id (migration 9 rebuilds the table with them). The CHECK
+# is spelled with OR for the reason given at FINAL.
 _TASK_COLUMNS = """
             name TEXT NOT NULL,
             queue TEXT NOT NULL DEFAULT 'default',
             priority INTEGER NOT NULL DEFAULT 0,
             status TEXT NOT NULL DEFAULT 'pending'
-                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+                CHECK (status = 'pending' OR status = 'running' OR status = 'completed' OR status = 'failed'
+                       OR status = 'cancelled'),
             progress INTEGER NOT NULL DEFAULT 0,
             args TEXT NOT NULL,
             kwargs TEXT NOT NULL,
@@ -53,7 +57,7 @@ _TASK_COLUMNS = """
             status_message TEXT,
             trace_context TEXT"""
 _TASK_COLUMN_NAMES = ", ".join(line.split()[0] for line in _TASK_COLUMNS.strip().splitlines()
-                               if not line.strip().startswith("CHECK"))
+                               if not line.strip().startswith(("CHECK", "OR ")))
 
 # Migration n brings the schema from version n-1 to n. Never edit a released one; add the next.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -217,11 +221,14 @@ LATEST_VERSION = max(MIGRATIONS)
 
 GET_SCHEMA_VERSION = "SELECT value FROM litetask_meta WHERE key = 'schema_version'"
 
-INSERT = """
+# For tasks without a unique key (no conflict to handle: the upsert clause costs a micro-second).
+INSERT_PLAIN = """
 INSERT INTO litetask_tasks
     (id, name, queue, priority, args, kwargs, max_attempts, created_at, run_at, unique_key, max_concurrency,
      trace_context)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+INSERT = INSERT_PLAIN + """
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING
 """
 
@@ -283,9 +290,9 @@ GET_TICK = "SELECT last_tick FROM litetask_schedules WHERE name = ?"
 INSERT_TICK = "INSERT INTO litetask_schedules (name, last_tick) VALUES (?, ?)"
 UPDATE_TICK = "UPDATE litetask_schedules SET last_tick = ? WHERE name = ?"
 
-PURGE_PICK = """
+PURGE_PICK = f"""
 SELECT id FROM litetask_tasks
-WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < ?
+WHERE {FINAL} AND finished_at < ?
 LIMIT ?
 """
 PURGE_LOGS = "DELETE FROM litetask_logs WHERE task_id = ?"
