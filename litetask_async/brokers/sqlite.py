@@ -29,7 +29,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -58,9 +58,9 @@ BUSY_TIMEOUT_MS = 30_000
 MAX_BUSY_TIMEOUT = 86_400
 MAX_BATCH = 2_000
 WAL_AUTOCHECKPOINT = 1000  # SQLite's default, in pages
-#: try_now commits between checkpoints by the writer thread (a commit of one enqueue writes
-#: fewer than ten pages, so about SQLite's WAL_AUTOCHECKPOINT pages).
-CHECKPOINT_EVERY = 100
+#: try_now commits between checkpoints by the writer thread (a lone enqueue's commit writes
+#: 2-3 pages, a claim's a few more: about SQLite's WAL_AUTOCHECKPOINT pages).
+CHECKPOINT_EVERY = 300
 
 
 def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
@@ -91,7 +91,22 @@ def _retry_locked(op: Callable[..., T], timeout: float, *args: Any) -> T:
             delay = min(delay * 2, 1.0)
 
 
-_Op = tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future[Any]]
+#: A queue item: the write connection's part of a checkpoint (see SQLiteWriter._checkpoint).
+_CHECKPOINT_TAIL: list[Any] = []
+
+
+class _OpFuture(Protocol):
+    """What the writer thread needs of a write's future: ``concurrent.futures.Future`` or,
+    for writes handed over from an event loop, the lighter ``_OpResult``."""
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def running(self) -> bool: ...
+    def done(self) -> bool: ...
+    def set_result(self, value: Any) -> None: ...
+    def set_exception(self, error: BaseException) -> None: ...
+
+
+_Op = tuple[Callable[..., Any], tuple[Any, ...], _OpFuture]
 
 
 class SQLiteWriter:
@@ -118,6 +133,11 @@ class SQLiteWriter:
         self._busy = threading.Lock()
         self._unchecked = 0  # commits by try_now since the writer thread last checkpointed
         self._waits = True  # how the connection is set up (see _mode)
+        self._checkpoints = True
+        # Handed-over writes not yet taken up (a checkpoint request is not one): while there
+        # are any, a lone write must not pass them (run_now, try_now wait their turn).
+        self._queued = 0
+        self._checkpointer: sqlite3.Connection | None = None  # the writer thread's, see _checkpoint
         self._thread.start()
 
     def run_now(self, fn: Callable[..., T], *args: Any) -> tuple[T] | None:
@@ -142,7 +162,7 @@ class SQLiteWriter:
 
     def _if_idle(self, run: Callable[[sqlite3.Connection], tuple[T] | None]) -> tuple[T] | None:
         conn = self._conn
-        if conn is None or not self._queue.empty() or not self._busy.acquire(blocking=False):
+        if conn is None or self._queued or not self._busy.acquire(blocking=False):
             return None
         try:
             if self._closed or self._conn is None:
@@ -152,47 +172,53 @@ class SQLiteWriter:
             self._busy.release()
 
     def _alone(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...], *,
-               wait: bool) -> tuple[T] | None:
+               wait: bool, lone: bool = True) -> tuple[T] | None:
         """One write in a transaction of its own, no savepoint (no neighbour to protect):
         ``(its result,)``. The lone ``delay()``'s path, without the futures a batch needs (a
-        fifth of that call), and :meth:`_run_batch`'s for a batch of one. With ``wait`` a busy
-        file is retried up to the busy timeout; without (try_now) the transaction gets a busy
-        timeout of 0 and no checkpoint, and a busy BEGIN or COMMIT returns None (nothing was
-        stored)."""
-        if self._waits is not wait:
-            self._mode(conn, wait=wait)
+        fifth of that call), and :meth:`_run_batch`'s for a batch of one (``lone=False``). With
+        ``wait`` a busy file is retried up to the busy timeout; without (try_now) the
+        transaction gets a busy timeout of 0, and a busy BEGIN or COMMIT returns None (nothing
+        was stored). A lone write's commit does not checkpoint (the WAL's disk syncs): every
+        ``CHECKPOINT_EVERY`` of them the writer thread is asked to, on a connection of its own."""
+        if self._waits is not wait or self._checkpoints is lone:
+            self._mode(conn, wait=wait, checkpoints=not lone)
         single = _single_statement(fn, args)
         if wait:
             if single is not None:
-                return self._autocommit(conn, single, lambda: _retry_locked(
+                done = self._autocommit(conn, single, lambda: _retry_locked(
                     conn.execute, self.busy_ms / 1000, single[0], single[1]))
-            return self._transaction(conn, fn, args, lambda sql: _retry_locked(
-                partial(conn.execute, sql), self.busy_ms / 1000))
-        try:
-            if single is not None:
-                done = self._autocommit(conn, single, lambda: conn.execute(single[0], single[1]))
             else:
-                done = self._transaction(conn, fn, args, conn.execute)
-        except BrokerUnavailable as exc:
-            cause = exc.__cause__
-            if isinstance(cause, sqlite3.OperationalError) and _is_busy(cause):
-                return None  # BEGIN or COMMIT found the file busy: nothing was stored
-            raise
-        self._unchecked += 1
-        if self._unchecked >= CHECKPOINT_EVERY:
-            self._unchecked = 0
-            self._queue.put([])  # an empty batch: the writer thread checkpoints
+                done = self._transaction(conn, fn, args, lambda sql: _retry_locked(
+                    partial(conn.execute, sql), self.busy_ms / 1000))
+        else:
+            try:
+                if single is not None:
+                    done = self._autocommit(conn, single, lambda: conn.execute(single[0], single[1]))
+                else:
+                    done = self._transaction(conn, fn, args, conn.execute)
+            except BrokerUnavailable as exc:
+                cause = exc.__cause__
+                if isinstance(cause, sqlite3.OperationalError) and _is_busy(cause):
+                    return None  # BEGIN or COMMIT found the file busy: nothing was stored
+                raise
+        if lone:
+            self._unchecked += 1
+            if self._unchecked >= CHECKPOINT_EVERY:
+                self._unchecked = 0
+                self._queue.put([])  # an empty batch: the writer thread checkpoints
         return done
 
-    def _mode(self, conn: sqlite3.Connection, *, wait: bool) -> None:
-        """Set the connection up for the writer thread (``wait``: SQLite's busy timeout, WAL
-        checkpoints on commit) or for a write on an event loop (neither). Changed only when
-        the next write is of the other kind: four PRAGMAs cost a fifth of a lone enqueue."""
-        if self._waits is wait:
-            return
-        conn.execute(f"PRAGMA busy_timeout={self.busy_ms if wait else 0}")
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if wait else 0}")
-        self._waits = wait
+    def _mode(self, conn: sqlite3.Connection, *, wait: bool, checkpoints: bool) -> None:
+        """Set the connection's busy timeout (``wait``: SQLite's, else 0: a write on an event
+        loop never waits) and whether its commits checkpoint (the writer thread's batches do,
+        lone writes leave it to :meth:`_checkpoint`). Changed only when the next write differs:
+        these PRAGMAs cost a fifth of a lone enqueue."""
+        if self._waits is not wait:
+            conn.execute(f"PRAGMA busy_timeout={self.busy_ms if wait else 0}")
+            self._waits = wait
+        if self._checkpoints is not checkpoints:
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoints else 0}")
+            self._checkpoints = checkpoints
 
     def _autocommit(self, conn: sqlite3.Connection, single: tuple[str, tuple[Any, ...], T],
                     execute: Callable[[], Any]) -> tuple[T]:
@@ -256,6 +282,7 @@ class SQLiteWriter:
         with self._closing:
             if not self._closed and self._thread.is_alive():
                 self._queue.put(ops)
+                self._queued += 1
                 return
         err = BrokerUnavailable(f"the SQLite writer for {self.path} has stopped")
         for _fn, _args, fut in ops:
@@ -292,23 +319,37 @@ class SQLiteWriter:
             item = self._queue.get()
             if item is None:
                 break
-            batch = list(item)
-            while len(batch) < MAX_BATCH:
+            batch: list[_Op] = []
+            items, tail, checkpoint = 0, False, False
+            while True:
+                if item is _CHECKPOINT_TAIL:
+                    tail, items = True, items + 1
+                elif not item:  # a lone write's checkpoint request
+                    checkpoint = True
+                else:
+                    batch.extend(item)
+                    items += 1
+                if len(batch) >= MAX_BATCH:
+                    break
                 try:
-                    nxt = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
+                if item is None:
                     stop = True
                     break
-                batch.extend(nxt)
-            with self._busy:
-                self._mode(conn, wait=True)
-                if batch:
-                    self._run_batch(conn, batch)
-                else:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if items:
+                with self._busy:
+                    with self._closing:  # only now: until the batch holds _busy, no write may pass it
+                        self._queued -= items
+                    if tail:  # see _checkpoint
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if batch:
+                        self._mode(conn, wait=True, checkpoints=True)
+                        self._run_batch(conn, batch)
+            if checkpoint:
+                self._checkpoint()
         # Writes queued after the stop request (a racing submit) are still carried out.
         with self._closing:
             self._closed = True
@@ -320,20 +361,40 @@ class SQLiteWriter:
                 break
             if item is not None:
                 late.extend(item)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._busy:
-            self._mode(conn, wait=True)
+            self._mode(conn, wait=True, checkpoints=True)
             if late:
                 self._run_batch(conn, late)
             self._conn = None
             conn.close()
         self._waker.close()
 
+    def _checkpoint(self) -> None:
+        """Copy the WAL's frames into the database (lone writes' commits leave that to us).
+        The bulk of it runs on a connection of its own, so writes on the loop go on meanwhile
+        instead of waiting for its disk syncs. Only a WAL copied to its end is started again
+        from the beginning by the next write, and with writes going on this pass never gets
+        there (the WAL file grew by every commit: 34 MB for 3,000 enqueues); so the write
+        connection then copies the few frames written meanwhile, queued like a write
+        (``_CHECKPOINT_TAIL``: lone writes wait their turn behind it, the writer thread is not
+        kept from the connection by a loop writing back to back). PASSIVE: waits for nobody."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with self._closing:
+            if not self._closed:
+                self._queued += 1
+                self._queue.put(_CHECKPOINT_TAIL)
+
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         if len(batch) == 1:
             fn, args, fut = batch[0]
             if fut.set_running_or_notify_cancel():
                 try:
-                    done = self._alone(conn, fn, args, wait=True)
+                    done = self._alone(conn, fn, args, wait=True, lone=False)
                     assert done is not None  # only a write that does not wait gives up
                     fut.set_result(done[0])
                 except Exception as exc:
@@ -702,9 +763,83 @@ def _op_cancel(conn: sqlite3.Connection, task_id: str) -> bool:
     return False
 
 
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+class _HandOver:
+    """The writes one event loop handed over together (see ``SQLiteBroker._write``): once the
+    last of them is settled (by the writer thread, or cancelled by its caller), one callback
+    on the loop wakes all their callers."""
+
+    __slots__ = ("left", "lock", "loop", "results")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.lock = threading.Lock()
+        self.loop = loop
+        self.results: list[_OpResult] = []
+        self.left = 0
+
+    def settled(self) -> None:  # under self.lock
+        self.left -= 1
+        if self.left == 0:
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+                self.loop.call_soon_threadsafe(self.deliver)
+
+    def deliver(self) -> None:
+        for r in self.results:
+            if r.waiter.done():  # its caller was cancelled
+                continue
+            if r.error is not None:
+                r.waiter.set_exception(r.error)
+            elif r.state == _FINISHED:
+                r.waiter.set_result(r.value)
+
+
+_PENDING, _RUNNING, _FINISHED, _CANCELLED = range(4)
+
+
+class _OpResult:
+    """One coalesced write's outcome: the part of ``concurrent.futures.Future`` the writer
+    thread uses (a thousand ``adelay()`` under ``gather`` made a thousand of those, each with a
+    Condition and an RLock: a tenth of such a call, and garbage that set off collections)."""
+
+    __slots__ = ("error", "group", "state", "value", "waiter")
+
+    def __init__(self, group: _HandOver, waiter: asyncio.Future[Any]) -> None:
+        self.group = group
+        self.waiter = waiter
+        self.state = _PENDING
+        self.value: Any = None
+        self.error: BaseException | None = None
+        group.results.append(self)
+        group.left += 1
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self.group.lock:
+            if self.state == _CANCELLED:
+                return False
+            self.state = _RUNNING
+            return True
+
+    def running(self) -> bool:
+        return self.state == _RUNNING
+
+    def done(self) -> bool:
+        return self.state >= _FINISHED
+
+    def set_result(self, value: Any) -> None:
+        with self.group.lock:
+            self.value, self.state = value, _FINISHED
+            self.group.settled()
+
+    def set_exception(self, error: BaseException) -> None:
+        with self.group.lock:
+            self.error, self.state = error, _FINISHED
+            self.group.settled()
+
+    def cancel(self) -> None:
+        """From the caller's loop, once it stopped waiting: skipped unless already running."""
+        with self.group.lock:
+            if self.state == _PENDING:
+                self.state = _CANCELLED
+                self.group.settled()
 
 
 class SQLiteBroker(Broker):
@@ -724,7 +859,7 @@ class SQLiteBroker(Broker):
         self._reader: aiosqlite.Connection | None = None
         self._data_version: int | None = None
         self._coalesced: list[_Op] = []
-        self._group: asyncio.Future[None] | None = None
+        self._hand_over_group: _HandOver | None = None
         self._inline_task: asyncio.Task[Any] | None = None
         self._listener: WakeListener | None = None
         self._woken: asyncio.Event | None = None
@@ -792,41 +927,28 @@ class SQLiteBroker(Broker):
         """Run a write in the writer thread. Writes issued in the same turn of this event loop
         (say, 1,000 ``adelay()`` under ``gather``) are handed over together, share a commit, and
         come back with one wake-up of the loop for all of them."""
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        if not self._coalesced:
-            loop = asyncio.get_running_loop()
-            self._group = loop.create_future()
-            loop.call_soon(self._hand_over, loop)
-        self._coalesced.append((fn, args, fut))
-        group = self._group
-        assert group is not None
+        loop = asyncio.get_running_loop()
+        group = self._hand_over_group
+        if not self._coalesced or group is None:
+            group = self._hand_over_group = _HandOver(loop)
+            loop.call_soon(self._hand_over)
+        result = _OpResult(group, loop.create_future())
+        self._coalesced.append((fn, args, result))
         try:
-            await asyncio.shield(group)
-            if not fut.done():  # the last op was cancelled by its caller: this one is not there yet
-                return await asyncio.wrap_future(fut)
+            return await result.waiter  # type: ignore[no-any-return]
         except asyncio.CancelledError:
-            fut.cancel()  # skipped by the writer unless it already runs
+            result.cancel()  # skipped by the writer unless it already runs
             raise
-        return fut.result()
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _hand_over(self) -> None:
         ops, self._coalesced = self._coalesced, []
-        group, self._group = self._group, None
-        assert group is not None
         if self._writer is None:
-            for _fn, _args, fut in ops:
-                if not fut.done():
-                    fut.set_exception(BrokerUnavailable("the SQLite broker was closed"))
-            group.set_result(None)
+            err = BrokerUnavailable("the SQLite broker was closed")
+            for _fn, _args, result in ops:
+                if result.set_running_or_notify_cancel():
+                    result.set_exception(err)
             return
-
-        def resolved(_: object) -> None:  # in the writer thread, once every op has its outcome
-            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
-                loop.call_soon_threadsafe(_set_done, group)
-
         self._writer.submit_ops(ops)
-        # The writer resolves a hand-over's futures in order, so the last one is resolved last.
-        ops[-1][2].add_done_callback(resolved)
 
     async def enqueue(self, tasks: Sequence[NewTask]) -> list[str]:
         return await self._write_soon(_op_insert, tasks, time.time())
