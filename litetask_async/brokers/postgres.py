@@ -186,6 +186,7 @@ class PostgresBroker(Broker):
         self._closing = asyncio.Event()
         self._finished_since_vacuum = 0
         self._vacuum_task: asyncio.Task[None] | None = None
+        self._vacuum_mark: int | None = None  # the highest claimed seq at the last vacuum (see _claimed)
         self._may_vacuum: bool | None = None  # unknown until the first try
         self._clock_offset: float | None = None  # see clock_offset()
 
@@ -269,9 +270,29 @@ class PostgresBroker(Broker):
         VACUUM_EVERY tasks each (SKIP_LOCKED: one vacuum at a time; the table is small, and
         pages that only hold waiting tasks are skipped through the visibility map)."""
         self._finished_since_vacuum += n
-        if (self._finished_since_vacuum >= VACUUM_EVERY and self._may_vacuum is not False
-                and (self._vacuum_task is None or self._vacuum_task.done()) and self._pool is not None):
+        if self._finished_since_vacuum >= VACUUM_EVERY:
+            self._vacuum_soon()
+
+    def _claimed(self, rows: Sequence[Any]) -> None:
+        """Pace the VACUUM by every worker's claims, not only this one's: the claims leave
+        their dead entries at the head of the claim index whoever made them, and with four
+        workers each one counted a quarter of them (no vacuum during 20,000 tasks: the claim of
+        10 read 100 buffers, 0.54 ms, at the end). Tasks are claimed roughly in ``seq`` order,
+        so the highest seq a claim returned (a row's 9th column), minus the one at this worker's
+        last vacuum, is about how many tasks all workers together claimed since."""
+        if not rows:
+            return
+        head = max(row[8] for row in rows)
+        if self._vacuum_mark is None or head < self._vacuum_mark:
+            self._vacuum_mark = head
+        elif head - self._vacuum_mark >= VACUUM_EVERY:
+            self._vacuum_soon()
+
+    def _vacuum_soon(self) -> None:
+        if (self._may_vacuum is not False and (self._vacuum_task is None or self._vacuum_task.done())
+                and self._pool is not None):
             self._finished_since_vacuum = 0
+            self._vacuum_mark = None  # set again by the next claim
             self._vacuum_task = asyncio.create_task(self._vacuum_queue(), name="litetask-pg-vacuum")
 
     async def _vacuum_queue(self) -> None:
@@ -473,7 +494,8 @@ class PostgresBroker(Broker):
         async with self._conn() as conn:
             rows = list(await conn.fetch(sql.CLAIM, worker_id, pid, limit, qs))
             rows += await self._claim_limited(conn, worker_id, pid, limit - len(rows), qs)
-        return [ClaimedTask(*row) for row in rows]
+        self._claimed(rows)
+        return [ClaimedTask(*row[:8]) for row in rows]
 
     async def _claim_limited(self, conn: asyncpg.Connection, worker_id: str, pid: int, limit: int,
                              qs: list[str] | None) -> list[Any]:
@@ -494,12 +516,13 @@ class PostgresBroker(Broker):
         async with self._conn() as conn:
             rows = await conn.fetch(sql.FINISH_AND_CLAIM, *_outcome_columns(outcomes), worker_id, pid, limit, qs)
             finished = [r for r in rows if r[0] == "f"]
-            claimed = [tuple(r)[1:9] for r in rows if r[0] == "c"]
+            claimed = [(*tuple(r)[1:9], r[10]) for r in rows if r[0] == "c"]
             self._finished(len(finished))
             if any(r[2] == "pending" or r[9] for r in finished):
                 await conn.execute(sql.NOTIFY, sql.CHANNEL)
             claimed += await self._claim_limited(conn, worker_id, pid, limit - len(claimed), qs)
-        return [r[1] for r in finished], [ClaimedTask(*row) for row in claimed]
+        self._claimed(claimed)
+        return [r[1] for r in finished], [ClaimedTask(*row[:8]) for row in claimed]
 
     async def next_due(self, queues: Sequence[str] | None = None) -> float | None:
         async with self._conn() as conn:

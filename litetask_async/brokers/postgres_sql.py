@@ -305,8 +305,9 @@ FROM picked
 WHERE t.id = picked.id
 """
 
+# seq last: the workers pace their VACUUM by how far the claims have moved (PostgresBroker._claimed).
 _CLAIMED = _TAKE.format(worker="$1", pid="$2") + """\
-RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context
+RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context, t.seq
 """
 
 # Tasks without a concurrency limit; $4 NULL = every queue.
@@ -447,15 +448,15 @@ _FINISH_CTES = FINISH_MANY[:FINISH_MANY.rindex("SELECT * FROM moved")]
 FINISH_AND_CLAIM = _FINISH_CTES.rstrip() + ", picked AS (" + _PICK.format(queues="$13", limit="$12") + \
     "), claimed AS (" + _TAKE.format(worker="$10", pid="$11") + """\
     RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.attempts, t.max_attempts,
-              t.queue, t.trace_context
+              t.queue, t.trace_context, t.seq
 ), finished AS (
     SELECT * FROM moved UNION ALL SELECT * FROM back
 )
 SELECT 'f' AS kind, f.id, f.status AS name, NULL AS args, NULL AS kwargs, NULL::int AS attempts,
-       NULL::int AS max_attempts, NULL AS queue, NULL AS trace_context, f.limited
+       NULL::int AS max_attempts, NULL AS queue, NULL AS trace_context, f.limited, NULL::bigint AS seq
 FROM finished f (id, status, limited)
 UNION ALL
-SELECT 'c', c.id, c.name, c.args, c.kwargs, c.attempts, c.max_attempts, c.queue, c.trace_context, NULL
+SELECT 'c', c.id, c.name, c.args, c.kwargs, c.attempts, c.max_attempts, c.queue, c.trace_context, NULL, c.seq
 FROM claimed c
 """
 

@@ -224,6 +224,48 @@ async def test_workers_vacuum_the_queue_table_every_so_many_tasks(postgres_url: 
     await app.aclose()
 
 
+async def test_the_vacuum_is_paced_by_every_workers_claims(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several workers each one finishes only its share of the tasks, but the dead entries
+    of all their claims pile up at the head of the claim index: a worker vacuums once all
+    claims together (seen from the claimed tasks' seq) moved VACUUM_EVERY past its last one.
+    Worker A here claims 2 tasks, B claims 20, A claims 2 more: A vacuums though it claimed 4."""
+    from litetask_async.brokers import postgres as pg
+
+    monkeypatch.setattr(pg, "VACUUM_EVERY", 10)
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    await t["aadd"].adelay_many([((i, i), {}) for i in range(30)])
+    a, b = PostgresBroker(postgres_url), PostgresBroker(postgres_url)
+    await a.open()
+    await b.open()
+    conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
+
+    async def vacuums() -> int:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(await conn.fetchval(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'litetask_queue'") or 0)
+
+    try:
+        before = await vacuums()
+        assert len(await a.claim("a", 1, 2)) == 2
+        assert len(await b.claim("b", 2, 20)) == 20  # B's first claim: its starting mark
+        assert a._vacuum_task is None and b._vacuum_task is None
+        assert len(await a.claim("a", 1, 2)) == 2
+        assert a._vacuum_task is not None  # A claimed 4 tasks, but the head moved 22 past its mark
+        await a._vacuum_task
+        for _ in range(50):
+            if await vacuums() > before:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("litetask_queue was not vacuumed")
+    finally:
+        await conn.close()
+        await a.close()
+        await b.close()
+        await app.aclose()
+
+
 async def test_outcomes_do_not_wait_for_a_stuck_claim(postgres_url: str) -> None:
     """Outcomes normally go with the next claim (one statement); a claim stuck in flight (a
     statement waiting on a cut network) must not hold back the outcomes of tasks that finish
