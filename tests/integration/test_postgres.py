@@ -209,19 +209,27 @@ async def test_workers_vacuum_the_queue_table_every_so_many_tasks(postgres_url: 
     async with running_worker(app):
         for tid in ids:
             assert (await app.wait(tid, 10)).status is TaskStatus.COMPLETED
-        conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
-        try:
-            for _ in range(50):
-                await conn.execute("SELECT pg_stat_clear_snapshot()")
-                if await conn.fetchval(
-                        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'litetask_queue'"):
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("litetask_queue was not vacuumed")
-        finally:
-            await conn.close()
+        await _wait_for_vacuum(postgres_url, 0)
     await app.aclose()
+
+
+async def _vacuum_count(conn: asyncpg.Connection) -> int:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await conn.fetchval(
+        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'litetask_queue'") or 0)
+
+
+async def _wait_for_vacuum(postgres_url: str, before: int) -> None:
+    """Until litetask_queue was vacuumed more than ``before`` times (the statistics lag)."""
+    conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
+    try:
+        for _ in range(50):
+            if await _vacuum_count(conn) > before:
+                return
+            await asyncio.sleep(0.1)
+        pytest.fail("litetask_queue was not vacuumed")
+    finally:
+        await conn.close()
 
 
 async def test_the_vacuum_is_paced_by_every_workers_claims(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,26 +247,15 @@ async def test_the_vacuum_is_paced_by_every_workers_claims(postgres_url: str, mo
     await a.open()
     await b.open()
     conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
-
-    async def vacuums() -> int:
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        return int(await conn.fetchval(
-            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'litetask_queue'") or 0)
-
     try:
-        before = await vacuums()
+        before = await _vacuum_count(conn)
         assert len(await a.claim("a", 1, 2)) == 2
         assert len(await b.claim("b", 2, 20)) == 20  # B's first claim: its starting mark
         assert a._vacuum_task is None and b._vacuum_task is None
         assert len(await a.claim("a", 1, 2)) == 2
         assert a._vacuum_task is not None  # A claimed 4 tasks, but the head moved 22 past its mark
         await a._vacuum_task
-        for _ in range(50):
-            if await vacuums() > before:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("litetask_queue was not vacuumed")
+        await _wait_for_vacuum(postgres_url, before)
     finally:
         await conn.close()
         await a.close()

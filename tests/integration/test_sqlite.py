@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,18 +133,27 @@ async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         await app.broker()
 
 
+def _database_at(db: Path, version: int) -> sqlite3.Connection:
+    """A new SQLite file at schema ``version`` (migrations 1 to ``version``), as an older
+    litetask_async left it; use it as a context manager (commits on exit)."""
+    from litetask_async.brokers import sqlite_sql as sql
+
+    conn = sqlite3.connect(db)
+    conn.execute(sql.CREATE_META)
+    for v in range(1, version + 1):
+        for statement in sql.MIGRATIONS[v]:
+            conn.execute(statement)
+    conn.execute(sql.SET_VERSION, (str(version),))
+    return conn
+
+
 async def test_a_database_of_an_older_schema_is_migrated_with_its_tasks(tmp_path: Path) -> None:
     """A file at schema version 5 (before the status index was dropped) opens, migrates, and
     keeps its tasks, which run and list as before."""
     from litetask_async.brokers import sqlite_sql as sql
 
     db = tmp_path / "old.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute(sql.CREATE_META)
-        for version in range(1, 6):
-            for statement in sql.MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute(sql.SET_VERSION, ("5",))
+    with _database_at(db, 5) as conn:
         conn.execute("INSERT INTO litetask_tasks (id, name, args, kwargs, created_at, run_at) "
                      "VALUES ('old1', 'tests.jobs.aadd', '[1, 2]', '{}', 1.0, 1.0)")
     app = LiteTask(f"sqlite:///{db}")
@@ -170,12 +180,7 @@ async def test_schema_8_is_rebuilt_keyed_by_id_with_every_task_kept(tmp_path: Pa
 
     db = tmp_path / "v8.db"
     ids = new_ids(4)
-    with sqlite3.connect(db) as conn:
-        conn.execute(sql.CREATE_META)
-        for version in range(1, 9):
-            for statement in sql.MIGRATIONS[version]:
-                conn.execute(statement)
-        conn.execute(sql.SET_VERSION, ("8",))
+    with _database_at(db, 8) as conn:
         insert = ("INSERT INTO litetask_tasks (id, name, queue, priority, status, args, kwargs, result, "
                   "error, errors, attempts, max_attempts, created_at, run_at, finished_at, unique_key) "
                   "VALUES (?, 'tests.jobs.aadd', ?, 0, ?, ?, '{}', ?, ?, ?, ?, 2, ?, ?, ?, ?)")
@@ -225,17 +230,20 @@ def test_filtered_listings_read_indexes_not_the_table(tmp_path: Path) -> None:
     conn.close()
 
 
-async def test_cancelled_callers_of_a_handed_over_write_are_skipped_and_the_rest_stored(tmp_path: Path) -> None:
-    """adelay() calls handed over together (the writer thread busy) whose callers are
-    cancelled before the writer gets to them are not stored; the others are, and return."""
-    import threading
-
+def _app_with_noop(tmp_path: Path) -> tuple[LiteTask, Any]:
     app = LiteTask(f"sqlite:///{tmp_path / 'tasks.db'}")
 
     @app.task
     async def noop(i: int) -> int:
         return i
 
+    return app, noop
+
+
+async def test_cancelled_callers_of_a_handed_over_write_are_skipped_and_the_rest_stored(tmp_path: Path) -> None:
+    """adelay() calls handed over together (the writer thread busy) whose callers are
+    cancelled before the writer gets to them are not stored; the others are, and return."""
+    app, noop = _app_with_noop(tmp_path)
     try:
         broker = await app.broker()
         started, release = threading.Event(), threading.Event()
@@ -261,12 +269,7 @@ async def test_a_cancelled_read_leaves_no_stale_snapshot(tmp_path: Path) -> None
     """A read cancelled halfway (a worker stopping in the middle of next_due()) must not leave
     its statement open on the shared reader: its snapshot would hide every later commit from
     get() (a task just enqueued was 'not found')."""
-    app = LiteTask(f"sqlite:///{tmp_path / 'tasks.db'}")
-
-    @app.task
-    async def noop(i: int) -> int:
-        return i
-
+    app, noop = _app_with_noop(tmp_path)
     try:
         broker = await app.broker()
         for i in range(50):
