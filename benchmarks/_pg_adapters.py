@@ -106,6 +106,15 @@ class Producer:
         assert self._mon is not None
         return int(await self._mon.fetchval(self.remaining_sql))
 
+    async def any_left(self) -> bool:
+        """Whether any job is not finished yet: ``remaining_sql`` stopped at its first row.
+        The completion poll of a phase that waits for every job uses this: a count(*) every
+        20 ms scans the whole queue table, dead rows too (2-4 ms of server CPU each, 10-20 % of
+        a core taken from the workers it measures)."""
+        assert self._mon is not None
+        return bool(await self._mon.fetchval(
+            "SELECT EXISTS (" + self.remaining_sql.replace("count(*)", "1", 1) + ")"))
+
     async def succeeded(self) -> int:
         assert self._mon is not None
         return int(await self._mon.fetchval(self.succeeded_sql))

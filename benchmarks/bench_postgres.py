@@ -254,8 +254,13 @@ async def phase_processing(lib: str, url: str, *, enqueued: int, measured: int, 
         deadline = t0 + PROCESS_TIMEOUT_S
         while left > goal and time.perf_counter() < deadline:
             await asyncio.sleep(poll)
-            left = await prod.remaining()
+            if goal == 0:  # every job timed: only "are any left" matters (see Producer.any_left)
+                left = 1 if await prod.any_left() else 0
+            else:
+                left = await prod.remaining()
         dt = time.perf_counter() - t0
+        if goal == 0 and left:
+            left = await prod.remaining()
         cpu = sum(w.cpu_seconds() for w in procs) - cpu0
         stops = await asyncio.gather(*(w.stop() for w in procs))
         procs = []

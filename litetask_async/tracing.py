@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -39,9 +40,17 @@ if TYPE_CHECKING:
 SYSTEM = "litetask"
 
 
+# The API's get_tracer_provider() looks the environment up on every call until a provider is
+# set (a micro-second, paid per enqueue and per task): while its global is still None and the
+# environment named no provider when we were imported, nothing can be recording.
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
 def enabled() -> bool:
     """True when spans would be recorded: the API is installed and an SDK provider is set."""
     if trace is None:
+        return False
+    if getattr(trace, "_TRACER_PROVIDER", False) is None and not _PROVIDER_FROM_ENV:
         return False
     provider = trace.get_tracer_provider()
     return not isinstance(provider, (ProxyTracerProvider, trace.NoOpTracerProvider))
