@@ -11,6 +11,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
@@ -96,10 +97,12 @@ class LiteTask:
         self._make_broker = broker_factory(url, auto_migrate)
         # (path, busy timeout) of an SQLite URL, parsed here so a malformed one fails at once
         self._sqlite: tuple[str, int] | None = None
+        self._sqlite_enqueue: Callable[[Sequence[NewTask]], list[str]] | None = None  # sync delay()'s
         if url.split("://", 1)[0].lower() in ("sqlite", "sqlite+aiosqlite"):
-            from .brokers.sqlite import busy_timeout_ms, path_from_url
+            from .brokers.sqlite import busy_timeout_ms, enqueue_blocking, path_from_url
 
             self._sqlite = (path_from_url(url), busy_timeout_ms(url))
+            self._sqlite_enqueue = partial(enqueue_blocking, *self._sqlite)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: dict[str, Schedule] = {}
         if result_ttl is not None:
@@ -509,10 +512,8 @@ class LiteTask:
             return []
         # The span starts here, in the caller's thread, whose context is the parent.
         with tracing.publishing(tasks) as traced:
-            if self._sqlite is not None:
-                from .brokers.sqlite import enqueue_blocking
-
-                return enqueue_blocking(*self._sqlite, traced)
+            if self._sqlite_enqueue is not None:
+                return self._sqlite_enqueue(traced)
             return self._call_sync(self._store, traced)
 
     def _call_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
