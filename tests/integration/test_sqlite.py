@@ -255,6 +255,7 @@ async def test_cancelled_callers_of_a_handed_over_write_are_skipped_and_the_rest
         await asyncio.sleep(0.05)  # all handed over, waiting for the writer
         for c in calls[::2]:
             c.cancel()
+        await asyncio.wait(calls[::2])  # their callers have seen the cancellation (and said so)
         release.set()
         await asyncio.wrap_future(held)
         kept = await asyncio.wait_for(asyncio.gather(*calls[1::2]), 10)
