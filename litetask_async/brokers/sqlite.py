@@ -69,7 +69,7 @@ def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
     for pragma in sql.PRAGMAS:
         # Switching a new file to WAL while another process does the same can report "locked"
         # without going through the busy handler.
-        _retry_locked(partial(conn.execute, pragma), busy_ms / 1000)
+        _retry_locked(conn.execute, busy_ms / 1000, pragma)
     return conn
 
 
@@ -180,27 +180,15 @@ class SQLiteWriter:
         transaction gets a busy timeout of 0, and a busy BEGIN or COMMIT returns None (nothing
         was stored). A lone write's commit does not checkpoint (the WAL's disk syncs): every
         ``CHECKPOINT_EVERY`` of them the writer thread is asked to, on a connection of its own."""
-        if self._waits is not wait or self._checkpoints is lone:
-            self._mode(conn, wait=wait, checkpoints=not lone)
-        single = _single_statement(fn, args)
-        if wait:
-            if single is not None:
-                done = self._autocommit(conn, single, lambda: _retry_locked(
-                    conn.execute, self.busy_ms / 1000, single[0], single[1]))
-            else:
-                done = self._transaction(conn, fn, args, lambda sql: _retry_locked(
-                    partial(conn.execute, sql), self.busy_ms / 1000))
-        else:
-            try:
-                if single is not None:
-                    done = self._autocommit(conn, single, lambda: conn.execute(single[0], single[1]))
-                else:
-                    done = self._transaction(conn, fn, args, conn.execute)
-            except BrokerUnavailable as exc:
-                cause = exc.__cause__
-                if isinstance(cause, sqlite3.OperationalError) and _is_busy(cause):
-                    return None  # BEGIN or COMMIT found the file busy: nothing was stored
-                raise
+        self._mode(conn, wait=wait, checkpoints=not lone)
+        execute = partial(_retry_locked, conn.execute, self.busy_ms / 1000) if wait else conn.execute
+        try:
+            done = self._transaction(conn, fn, args, execute)
+        except BrokerUnavailable as exc:
+            cause = exc.__cause__
+            if not wait and isinstance(cause, sqlite3.OperationalError) and _is_busy(cause):
+                return None  # BEGIN or COMMIT found the file busy: nothing was stored
+            raise
         if lone:
             self._unchecked += 1
             if self._unchecked >= CHECKPOINT_EVERY:
@@ -220,38 +208,36 @@ class SQLiteWriter:
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if checkpoints else 0}")
             self._checkpoints = checkpoints
 
-    def _autocommit(self, conn: sqlite3.Connection, single: tuple[str, tuple[Any, ...], T],
-                    execute: Callable[[], Any]) -> tuple[T]:
-        """A write that is one statement, run without BEGIN and COMMIT: SQLite makes the
-        statement its own transaction (it takes the write lock as BEGIN IMMEDIATE would, and
-        commits when it ends). Errors as in :meth:`_transaction`: what the statement itself
-        refuses (an id taken) is raised as it is, a busy or failing file is BrokerUnavailable."""
-        try:
-            execute()
-        except sqlite3.OperationalError as exc:
-            raise self._failed(exc) from exc
-        self.commits += 1
-        self._waker.poke()
-        return (single[2],)
-
     def _transaction(self, conn: sqlite3.Connection, fn: Callable[..., T], args: tuple[Any, ...],
-                     execute: Callable[[str], Any]) -> tuple[T]:
+                     execute: Callable[..., Any]) -> tuple[T]:
         """BEGIN IMMEDIATE, ``fn``, COMMIT through ``execute``. What ``fn`` raises is raised
-        as it is; a failed BEGIN or COMMIT is BrokerUnavailable (caused by SQLite's error)."""
-        try:
-            execute("BEGIN IMMEDIATE")
-        except Exception as exc:
-            raise self._failed(exc) from exc
-        try:
-            value = fn(conn, *args)
-        except Exception:
-            self._rollback(conn)
-            raise
-        try:
-            execute("COMMIT")
-        except Exception as exc:
-            self._rollback(conn)
-            raise self._failed(exc) from exc
+        as it is; a failed BEGIN or COMMIT is BrokerUnavailable (caused by SQLite's error).
+        A write that is one statement (``_single_statement``) runs without BEGIN and COMMIT:
+        SQLite makes it its own transaction (it takes the write lock as BEGIN IMMEDIATE would,
+        and commits when it ends); what it refuses itself (an id taken) is raised as it is, a
+        busy or failing file is BrokerUnavailable."""
+        single = _single_statement(fn, args)
+        if single is not None:
+            try:
+                execute(single[0], single[1])
+            except sqlite3.OperationalError as exc:
+                raise self._failed(exc) from exc
+            value = single[2]
+        else:
+            try:
+                execute("BEGIN IMMEDIATE")
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            try:
+                value = fn(conn, *args)
+            except Exception:
+                self._rollback(conn)
+                raise
+            try:
+                execute("COMMIT")
+            except Exception as exc:
+                self._rollback(conn)
+                raise self._failed(exc) from exc
         self.commits += 1
         if _makes_work(fn, args):
             self._waker.poke()
@@ -307,7 +293,7 @@ class SQLiteWriter:
     def _serve(self) -> None:
         try:
             conn = _connect(self.path, self.busy_ms)
-            _retry_locked(partial(_migrate, conn), self.busy_ms / 1000)
+            _retry_locked(_migrate, self.busy_ms / 1000, conn)
         except BaseException as exc:
             self.ready.set_exception(
                 ConfigurationError(f"cannot open SQLite database {self.path!r}: {exc}"))
@@ -402,7 +388,7 @@ class SQLiteWriter:
             return
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
-            _retry_locked(partial(conn.execute, "BEGIN IMMEDIATE"), self.busy_ms / 1000)
+            _retry_locked(conn.execute, self.busy_ms / 1000, "BEGIN IMMEDIATE")
             live = [op for op in batch if op[2].set_running_or_notify_cancel()]
             i = 0
             while i < len(live):
@@ -423,7 +409,7 @@ class SQLiteWriter:
                         results.append((fut, None, exc))
                 i = max(end, i + 1)
             if conn.in_transaction:
-                _retry_locked(partial(conn.execute, "COMMIT"), self.busy_ms / 1000)
+                _retry_locked(conn.execute, self.busy_ms / 1000, "COMMIT")
                 self.commits += 1
         except Exception as exc:
             self._rollback(conn)
