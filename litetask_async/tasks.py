@@ -414,7 +414,7 @@ def new_ids(n: int) -> list[str]:
     else:
         _id_last_ms = ms
     prefix, base, counter = f"{ms:012x}", _id_base, _id_counter
-    if n == 1:
+    if n == 1:  # every delay()/adelay(): without the comprehension's frame, 0.48 vs 0.76 us
         return [f"{prefix}{base + next(counter):020x}"]
     return [f"{prefix}{base + next(counter):020x}" for _ in range(n)]
 
