@@ -27,6 +27,21 @@ def test_a_failed_encode_leaves_no_marker_behind() -> None:
         dumps(cycle, "arguments")
 
 
+def test_an_exception_from_a_model_leaves_no_marker_behind() -> None:
+    """An error dumps() does not turn into SerializationError (a model's as_dict() failing)
+    reaches the caller as it is, and the encoder it interrupted is not reused."""
+
+    class Broken:
+        def as_dict(self) -> dict[str, int]:
+            raise AttributeError("no field")
+
+    payload: list[object] = [1, Broken()]
+    with pytest.raises(AttributeError, match="no field"):
+        dumps(payload, "arguments")
+    payload.pop()
+    assert dumps(payload, "arguments") == "[1]"
+
+
 def test_threads_encode_at_once() -> None:
     results: list[bool] = []
 
