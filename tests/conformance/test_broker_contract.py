@@ -252,13 +252,11 @@ async def test_cancel_request_wins_over_going_back_to_pending(app: LiteTask, kin
     assert await b.claim("w", 1, 5) == []  # it never runs again
 
 
-async def test_finish_and_claim_has_finish_and_claim_semantics(app: LiteTask) -> None:
-    """finish_and_claim (one transaction on SQLite and PostgreSQL, two calls on memory) writes
-    outcomes as finish() does (only the worker's own attempt; a retry whose task was asked to
-    cancel ends cancelled) and claims as claim() does; a task put back by a retry is claimed by
-    that call or the next."""
-    b = await broker_of(app)
-    a, bb, c, d, e = await b.enqueue([nt(n=i) for i in range(5)])
+async def finish_and_claim_first_round(b: Broker, ids: list[str]) -> None:
+    """Of five pending tasks a..e: claim a, b, c as worker w1; ask c to cancel; then one
+    finish_and_claim with a completed, b "completed" for an attempt it is not in, c retried:
+    a and c are finished (c cancelled, as asked), b is not, and d and e are claimed."""
+    a, bb, c, d, e = ids
     assert {x.id for x in await b.claim("w1", 1, 3)} == {a, bb, c}
     assert await b.cancel(c) is True  # running: flagged for its worker
     outcomes = [Outcome(a, "w1", 1, OutcomeKind.COMPLETED, result_json="0"),
@@ -267,6 +265,16 @@ async def test_finish_and_claim_has_finish_and_claim_semantics(app: LiteTask) ->
     finished, claimed = await b.finish_and_claim(outcomes, "w1", 1, 5)
     assert sorted(finished) == sorted([a, c])
     assert sorted(x.id for x in claimed) == sorted([d, e])
+
+
+async def test_finish_and_claim_has_finish_and_claim_semantics(app: LiteTask) -> None:
+    """finish_and_claim (one transaction on SQLite and PostgreSQL, two calls on memory) writes
+    outcomes as finish() does (only the worker's own attempt; a retry whose task was asked to
+    cancel ends cancelled) and claims as claim() does; a task put back by a retry is claimed by
+    that call or the next."""
+    b = await broker_of(app)
+    a, bb, c, d, e = await b.enqueue([nt(n=i) for i in range(5)])
+    await finish_and_claim_first_round(b, [a, bb, c, d, e])
     statuses = {t: (await b.get(t)).status for t in (a, bb, c, d, e)}  # type: ignore[union-attr]
     assert statuses == {a: TaskStatus.COMPLETED, bb: TaskStatus.RUNNING, c: TaskStatus.CANCELLED,
                         d: TaskStatus.RUNNING, e: TaskStatus.RUNNING}

@@ -11,6 +11,7 @@ from litetask_async import ConfigurationError, LiteTask, TaskStatus
 from litetask_async.brokers import postgres_sql as sql
 from litetask_async.brokers.postgres import PostgresBroker, asyncpg_dsn
 from tests import jobs
+from tests.conformance.test_broker_contract import finish_and_claim_first_round
 from tests.conftest import running_worker
 
 pytestmark = pytest.mark.anyio
@@ -170,17 +171,9 @@ async def test_finish_and_claim_is_one_statement_with_finish_and_claim_semantics
     broker = await app.broker()
     assert isinstance(broker, PostgresBroker) and broker.combines_finish_and_claim
     a, b, c, d, e = [await t["aadd"].adelay(i, i) for i in range(5)]
-    first = {x.id: x for x in await broker.claim("w1", 1, 3)}
-    assert set(first) == {a, b, c}
-    assert await app.cancel(c) is True  # running: flagged for its worker
     conn = await asyncpg.connect(asyncpg_dsn(postgres_url))
     try:
-        outcomes = [Outcome(a, "w1", 1, OutcomeKind.COMPLETED, result_json="0"),
-                    Outcome(b, "w1", 2, OutcomeKind.COMPLETED, result_json="2"),  # not its attempt
-                    Outcome(c, "w1", 1, OutcomeKind.RETRY, error_json='{"type": "E"}', retry_delay=0)]
-        finished, claimed = await broker.finish_and_claim(outcomes, "w1", 1, 5)
-        assert sorted(finished) == sorted([a, c])
-        assert sorted(x.id for x in claimed) == sorted([d, e])
+        await finish_and_claim_first_round(broker, [a, b, c, d, e])
         assert (await app.get_task(a)).status is TaskStatus.COMPLETED
         assert (await app.get_task(b)).status is TaskStatus.RUNNING
         assert (await app.get_task(c)).status is TaskStatus.CANCELLED
