@@ -33,6 +33,14 @@ COLUMNS = (
     "heartbeat_at, errors, unique_key, max_concurrency, status_message, trace_context"
 )
 
+
+def _copy_rows(table: str, source: str, changes: dict[str, str]) -> str:
+    """INSERT of every row of ``source`` (a CTE of task rows, ``g`` in the expressions) into
+    ``table``, with these columns changed (a SQL expression over ``g`` each)."""
+    exprs = [changes.get(c, f"g.{c}") for c in COLUMNS.split(", ")]
+    return f"INSERT INTO {table} ({COLUMNS})\nSELECT {', '.join(exprs)}\nFROM {source} g\n"
+
+
 # Migration n brings the schema from version n-1 to n. Never edit a released one; add the next.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -225,6 +233,25 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"UNION ALL SELECT {COLUMNS} FROM litetask_done",
         "ANALYZE litetask_queue",
     ),
+    # A claim inserts its rows again, as running (_take): only pending rows wake the workers.
+    8: (
+        f"""
+        CREATE FUNCTION litetask_notify_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM litetask_inserted WHERE status = 'pending') THEN
+                PERFORM pg_notify('{CHANNEL}', '');
+            END IF;
+            RETURN NULL;
+        END $$
+        """,
+        "DROP TRIGGER litetask_queue_notify ON litetask_queue",
+        """
+        CREATE TRIGGER litetask_queue_notify AFTER INSERT ON litetask_queue
+            REFERENCING NEW TABLE AS litetask_inserted
+            FOR EACH STATEMENT EXECUTE FUNCTION litetask_notify_pending()
+        """,
+        "DROP FUNCTION litetask_notify()",
+    ),
 }
 
 LATEST_VERSION = max(MIGRATIONS)
@@ -297,21 +324,32 @@ _PICK = """
     FOR UPDATE SKIP LOCKED
 """
 
-_TAKE = """
-UPDATE litetask_queue t
-SET status = 'running', worker_id = {worker}, pid = {pid}, attempts = t.attempts + 1,
-    started_at = now(), heartbeat_at = now(), progress = 0
-FROM picked
-WHERE t.id = picked.id
-"""
 
-# seq last: the workers pace their VACUUM by how far the claims have moved (PostgresBroker._claimed).
-_CLAIMED = _TAKE.format(worker="$1", pid="$2") + """\
-RETURNING t.id, t.name, t.args::text, t.kwargs::text, t.attempts, t.max_attempts, t.queue, t.trace_context, t.seq
-"""
+def _take(worker: str, pid: str) -> str:
+    """CTEs ``taken`` and ``claimed`` (the running rows: id, name, args, kwargs, attempts,
+    max_attempts, queue, trace_context, seq) after a CTE ``picked``.
+
+    A taken row is deleted and inserted again as running, not updated. Another claim whose
+    snapshot still shows it pending then finds it deleted and passes over it. An UPDATE made
+    that claim follow the row to its running version, lock it, re-check it and only then pass
+    over it, keeping the lock until its commit: the owner's FINISH waited for it (4 workers:
+    26,000 such locks for 40,000 tasks, a FINISH in ten waited ~1.5 ms).
+    seq last: the workers pace their VACUUM by how far the claims have moved
+    (PostgresBroker._claimed)."""
+    return """taken AS (
+    DELETE FROM litetask_queue t USING picked WHERE t.id = picked.id RETURNING t.*
+), claimed AS (
+""" + _copy_rows("litetask_queue", "taken", {
+        "status": "'running'", "worker_id": worker, "pid": pid, "attempts": "g.attempts + 1",
+        "started_at": "now()", "heartbeat_at": "now()", "progress": "0",
+    }) + """RETURNING id, name, args::text AS args, kwargs::text AS kwargs, attempts, max_attempts, queue,
+          trace_context, seq
+)"""
+
 
 # Tasks without a concurrency limit; $4 NULL = every queue.
-CLAIM = "WITH picked AS (" + _PICK.format(queues="$4", limit="$3") + ")" + _CLAIMED
+CLAIM = ("WITH picked AS (" + _PICK.format(queues="$4", limit="$3") + "), " + _take("$1", "$2")
+         + "\nSELECT * FROM claimed")
 
 # Serialises claims of tasks that have a concurrency limit, across all workers (transaction-scoped).
 LIMITED_LOCK = 0x6C69746574736B32
@@ -335,7 +373,7 @@ WITH running AS (
       AND ($4::text[] IS NULL OR t.queue = ANY($4::text[]))
 ), picked AS (
     SELECT id FROM ranked WHERE n + k <= max_concurrency ORDER BY priority DESC, run_at, seq LIMIT $3
-)""" + _CLAIMED
+), """ + _take("$1", "$2") + "\nSELECT * FROM claimed"
 
 # The earliest run_at of the pending tasks of queues $1 (NULL: all): the first entry of each
 # priority in the claim index (a loose scan: one probe per distinct priority), and the first of
@@ -383,9 +421,7 @@ DELETE FROM litetask_done t USING doomed WHERE t.id = doomed.id
 # A task that ends moves: deleted from litetask_queue (its row, as deleted, is ``g``) and
 # inserted into litetask_done with these columns changed (a SQL expression over ``g`` each).
 def _move_to_done(source: str, changes: dict[str, str]) -> str:
-    exprs = [changes.get(c, f"g.{c}") for c in COLUMNS.split(", ")]
-    return (f"INSERT INTO litetask_done ({COLUMNS})\nSELECT {', '.join(exprs)}\nFROM {source} g\n"
-            "RETURNING id, status, max_concurrency IS NOT NULL")
+    return _copy_rows("litetask_done", source, changes) + "RETURNING id, status, max_concurrency IS NOT NULL"
 
 
 # Arrays, one element per outcome: id, new status, result, error, retry delay (s), attempts
@@ -446,23 +482,20 @@ SELECT * FROM moved UNION ALL SELECT * FROM back
 # back to pending by these outcomes are claimable from the next statement on.
 _FINISH_CTES = FINISH_MANY[:FINISH_MANY.rindex("SELECT * FROM moved")]
 FINISH_AND_CLAIM = _FINISH_CTES.rstrip() + ", picked AS (" + _PICK.format(queues="$13", limit="$12") + \
-    "), claimed AS (" + _TAKE.format(worker="$10", pid="$11") + """\
-    RETURNING t.id, t.name, t.args::text AS args, t.kwargs::text AS kwargs, t.attempts, t.max_attempts,
-              t.queue, t.trace_context, t.seq
-), finished AS (
+    "), " + _take("$10", "$11") + """, finished AS (
     SELECT * FROM moved UNION ALL SELECT * FROM back
 )
-SELECT 'f' AS kind, f.id, f.status AS name, NULL AS args, NULL AS kwargs, NULL::int AS attempts,
-       NULL::int AS max_attempts, NULL AS queue, NULL AS trace_context, f.limited, NULL::bigint AS seq
-FROM finished f (id, status, limited)
-UNION ALL
-SELECT 'c', c.id, c.name, c.args, c.kwargs, c.attempts, c.max_attempts, c.queue, c.trace_context, NULL, c.seq
+SELECT 'c' AS kind, c.id, c.name, c.args, c.kwargs, c.attempts, c.max_attempts, c.queue, c.trace_context,
+       NULL::bool AS limited, c.seq
 FROM claimed c
+UNION ALL
+SELECT 'f', f.id, f.status, NULL, NULL, NULL, NULL, NULL, NULL, f.limited, NULL
+FROM finished f (id, status, limited)
 """
 
 # The workers vacuum litetask_queue themselves (PostgresBroker._finished); only its owner may.
 MAY_VACUUM = "SELECT pg_has_role(relowner, 'MEMBER') FROM pg_class WHERE oid = 'litetask_queue'::regclass"
-VACUUM_QUEUE = "VACUUM (SKIP_LOCKED) litetask_queue"
+VACUUM_QUEUE = "VACUUM (SKIP_LOCKED, TRUNCATE false) litetask_queue"
 
 UPDATE_RUNNING = """
 UPDATE litetask_queue t

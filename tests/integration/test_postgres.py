@@ -190,6 +190,68 @@ async def test_finish_and_claim_is_one_statement_with_finish_and_claim_semantics
     await app.aclose()
 
 
+async def test_a_claim_with_an_older_snapshot_leaves_claimed_rows_unlocked(postgres_url: str) -> None:
+    """Another worker's claim that began before this claim committed still sees the task
+    pending. It must pass over it without locking it: a lock would make this worker's FINISH
+    wait for that other claim's commit. (A claim that updated the row in place made the other
+    claim follow the row to its running version and lock it; with four workers that was 26,000
+    locks for 40,000 tasks.) The other claim is a cursor here: its snapshot is taken at DECLARE,
+    its rows are locked at FETCH."""
+    from litetask_async.records import Outcome, OutcomeKind
+
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    broker = await app.broker()
+    assert isinstance(broker, PostgresBroker)
+    tid = await t["aadd"].adelay(1, 1)
+    pick = sql._PICK.format(queues="NULL::text[]", limit="10")
+    other = await asyncpg.connect(asyncpg_dsn(postgres_url))
+    try:
+        async with other.transaction():
+            await other.execute("DECLARE pick CURSOR FOR " + pick)
+            [claimed] = await broker.claim("w1", 1, 10)
+            assert claimed.id == tid
+            assert await other.fetch("FETCH ALL FROM pick") == []  # not pending any more
+            done = await asyncio.wait_for(broker.finish(
+                [Outcome(tid, "w1", 1, OutcomeKind.COMPLETED, result_json="2")]), 5)
+            assert done == [tid]
+    finally:
+        await other.close()
+    assert (await app.get_task(tid)).status is TaskStatus.COMPLETED
+    await app.aclose()
+
+
+async def test_enqueues_wake_the_workers_and_claims_do_not(postgres_url: str) -> None:
+    """The NOTIFY trigger fires for inserted pending tasks only: a claim inserts its rows again,
+    as running (see sql._take), and must not wake every idle worker."""
+    app = LiteTask(postgres_url)
+    t = jobs.register(app)
+    broker = await app.broker()
+    got: list[str] = []
+    listener = await asyncpg.connect(asyncpg_dsn(postgres_url))
+    try:
+        await listener.add_listener(sql.CHANNEL, lambda *args: got.append(args[3]))
+        await t["aadd"].adelay_many([((i, i), {}) for i in range(3)])
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        assert got == [""]
+        got.clear()
+        assert len(await broker.claim("w1", 1, 10)) == 3
+        await asyncio.sleep(0.5)
+        assert got == []
+        await t["aadd"].adelay(9, 9)
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        assert got == [""]
+    finally:
+        await listener.close()
+    await app.aclose()
+
+
 async def test_workers_vacuum_the_queue_table_every_so_many_tasks(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dead claim-index entries are cleared by the workers' own VACUUM (autovacuum visits a
     database once a minute at most), so the claim does not step over more and more of them."""
