@@ -187,6 +187,7 @@ class PostgresBroker(Broker):
         self._finished_since_vacuum = 0
         self._vacuum_task: asyncio.Task[None] | None = None
         self._vacuum_mark: int | None = None  # the highest claimed seq at the last vacuum (see _claimed)
+        self._head: int | None = None  # the highest seq this broker saw claimed
         self._may_vacuum: bool | None = None  # unknown until the first try
         self._clock_offset: float | None = None  # see clock_offset()
 
@@ -266,9 +267,10 @@ class PostgresBroker(Broker):
         each claim steps over those at the head of the index (~13 ns each: about 1 ms per claim
         after 50,000 tasks). Autovacuum looks at a database once a minute at most
         (autovacuum_naptime is server-wide), and at 10,000 tasks/s that lets the claim cost
-        grow to ~10 ms. So the workers vacuum the table themselves, in the background, every
-        VACUUM_EVERY tasks each (SKIP_LOCKED: one vacuum at a time; the table is small, and
-        pages that only hold waiting tasks are skipped through the visibility map)."""
+        grow to ~10 ms. So the workers vacuum the table themselves, in the background, once per
+        VACUUM_EVERY tasks claimed by all of them together (they take turns: _vacuum_queue), or
+        finished by this one. The table is small, and pages that only hold waiting tasks are
+        skipped through the visibility map."""
         self._finished_since_vacuum += n
         if self._finished_since_vacuum >= VACUUM_EVERY:
             self._vacuum_soon()
@@ -278,11 +280,11 @@ class PostgresBroker(Broker):
         their dead entries at the head of the claim index whoever made them, and with four
         workers each one counted a quarter of them (no vacuum during 20,000 tasks: the claim of
         10 read 100 buffers, 0.54 ms, at the end). Tasks are claimed roughly in ``seq`` order,
-        so the highest seq a claim returned (a row's 9th column), minus the one at this worker's
-        last vacuum, is about how many tasks all workers together claimed since."""
+        so the highest seq a claim returned (a row's 9th column), minus the one at the last
+        vacuum this worker knows of, is about how many tasks all workers together claimed since."""
         if not rows:
             return
-        head = max(row[8] for row in rows)
+        head = self._head = max(row[8] for row in rows)
         if self._vacuum_mark is None or head < self._vacuum_mark:
             self._vacuum_mark = head
         elif head - self._vacuum_mark >= VACUUM_EVERY:
@@ -292,16 +294,26 @@ class PostgresBroker(Broker):
         if (self._may_vacuum is not False and (self._vacuum_task is None or self._vacuum_task.done())
                 and self._pool is not None):
             self._finished_since_vacuum = 0
-            self._vacuum_mark = None  # set again by the next claim
+            self._vacuum_mark = None  # set again by the next claim, or by a lost turn
             self._vacuum_task = asyncio.create_task(self._vacuum_queue(), name="litetask-pg-vacuum")
 
     async def _vacuum_queue(self) -> None:
+        """VACUUM litetask_queue, if this worker wins the turn (sql.TAKE_VACUUM_TURN): every
+        worker would otherwise vacuum once per VACUUM_EVERY claims (four workers: 12 vacuums
+        for 40,000 tasks instead of 4, each making every connection plan its statements again)."""
         try:
             async with self._conn() as conn:
                 if self._may_vacuum is None:
                     self._may_vacuum = bool(await conn.fetchval(sql.MAY_VACUUM))
                     if not self._may_vacuum:
                         log.info("not the owner of litetask_queue: leaving its vacuuming to autovacuum")
+                        return
+                head = self._head
+                if head is not None:
+                    turn = await conn.fetchrow(sql.TAKE_VACUUM_TURN, head, VACUUM_EVERY)
+                    won, last = turn if turn is not None else (True, None)
+                    if not won:  # another worker vacuumed since the claims passed ``last``
+                        self._vacuum_mark = head if last is None else min(last, head)
                         return
                 await conn.execute(sql.VACUUM_QUEUE)
         except Exception as exc:  # best effort: autovacuum remains

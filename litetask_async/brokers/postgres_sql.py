@@ -495,7 +495,22 @@ FROM finished f (id, status, limited)
 
 # The workers vacuum litetask_queue themselves (PostgresBroker._finished); only its owner may.
 MAY_VACUUM = "SELECT pg_has_role(relowner, 'MEMBER') FROM pg_class WHERE oid = 'litetask_queue'::regclass"
+# Without truncation: with busy workers it waits for an ACCESS EXCLUSIVE lock on the table (up
+# to 5 s), and takes it from them when it gets it. Autovacuum still truncates.
 VACUUM_QUEUE = "VACUUM (SKIP_LOCKED, TRUNCATE false) litetask_queue"
+
+# The workers take turns: $1 the highest seq this worker saw claimed, $2 VACUUM_EVERY. The turn
+# is won when the claims moved $2 past the last vacuum's mark (or the mark is far ahead: claims
+# went back to older tasks, higher priorities first); a worker that loses learns the mark.
+TAKE_VACUUM_TURN = """
+WITH last AS (SELECT value::bigint AS seq FROM litetask_meta WHERE key = 'vacuum_seq'), won AS (
+    INSERT INTO litetask_meta (key, value) VALUES ('vacuum_seq', $1::bigint::text)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE litetask_meta.value::bigint NOT BETWEEN $1::bigint - $2::bigint + 1 AND $1::bigint + $2::bigint
+    RETURNING 1
+)
+SELECT EXISTS (SELECT FROM won), (SELECT seq FROM last)
+"""
 
 UPDATE_RUNNING = """
 UPDATE litetask_queue t

@@ -291,13 +291,14 @@ async def test_the_vacuum_is_paced_by_every_workers_claims(postgres_url: str, mo
     """With several workers each one finishes only its share of the tasks, but the dead entries
     of all their claims pile up at the head of the claim index: a worker vacuums once all
     claims together (seen from the claimed tasks' seq) moved VACUUM_EVERY past its last one.
-    Worker A here claims 2 tasks, B claims 20, A claims 2 more: A vacuums though it claimed 4."""
+    Worker A here claims 2 tasks, B claims 20, A claims 2 more: A vacuums though it claimed 4.
+    The workers take turns: B, due next, does not vacuum again so soon after A."""
     from litetask_async.brokers import postgres as pg
 
     monkeypatch.setattr(pg, "VACUUM_EVERY", 10)
     app = LiteTask(postgres_url)
     t = jobs.register(app)
-    await t["aadd"].adelay_many([((i, i), {}) for i in range(30)])
+    await t["aadd"].adelay_many([((i, i), {}) for i in range(40)])
     a, b = PostgresBroker(postgres_url), PostgresBroker(postgres_url)
     await a.open()
     await b.open()
@@ -311,6 +312,14 @@ async def test_the_vacuum_is_paced_by_every_workers_claims(postgres_url: str, mo
         assert a._vacuum_task is not None  # A claimed 4 tasks, but the head moved 22 past its mark
         await a._vacuum_task
         await _wait_for_vacuum(postgres_url, before)
+        # B's mark is from its first claim: 8 more make it due too, but A vacuumed since (at
+        # the 24th task): B's turn is lost, and B learns A's mark
+        assert len(await b.claim("b", 2, 8)) == 8
+        assert b._vacuum_task is not None
+        await b._vacuum_task
+        assert b._vacuum_mark == a._head
+        assert await conn.fetchval("SELECT value FROM litetask_meta WHERE key = 'vacuum_seq'") == str(a._head)
+        assert await _vacuum_count(conn) == before + 1
     finally:
         await conn.close()
         await a.close()
