@@ -638,8 +638,11 @@ class Worker:
         backoff = 0.1
         while True:
             if self._outcomes:  # left for the claim in flight: look again if it takes long
+                # asyncio.timeout, not wait_for: on 3.11 wait_for starts a task each time, and
+                # this wait begins once per claim
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flush_wanted.wait(), CLAIM_PATIENCE)
+                    async with asyncio.timeout(CLAIM_PATIENCE):
+                        await self._flush_wanted.wait()
             else:
                 await self._flush_wanted.wait()
             self._flush_wanted.clear()

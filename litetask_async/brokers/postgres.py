@@ -631,19 +631,20 @@ class PostgresBroker(Broker):
 VACUUM_EVERY = 10_000
 
 
-def _outcome_columns(outcomes: Sequence[Outcome]) -> list[list[Any]]:
-    """FINISH_MANY's nine arrays: id, new status, result, error, retry delay, attempts given
-    back, pid, worker, attempt."""
-    cols: list[list[Any]] = [[] for _ in range(9)]
+def _outcome_columns(outcomes: Sequence[Outcome]) -> list[str]:
+    """FINISH_MANY's nine columns, each the outcomes' values joined by UNIT_SEP (None as an
+    empty element): id, new status, result, error, retry delay, attempts given back, pid,
+    worker, attempt."""
+    cols: list[list[str]] = [[] for _ in range(9)]
     now = time.time()
     for o in outcomes:
         pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
-        values = (o.task_id, "pending" if pending else o.kind.value, o.result_json, o.error_json,
-                  bounded_delay(o.retry_delay, now), 1 if o.kind is OutcomeKind.RELEASE else 0,
-                  o.pid, o.worker_id, o.attempt)
+        values = (o.task_id, "pending" if pending else o.kind.value, o.result_json or "", o.error_json or "",
+                  repr(bounded_delay(o.retry_delay, now)), "1" if o.kind is OutcomeKind.RELEASE else "0",
+                  "" if o.pid is None else str(o.pid), o.worker_id, str(o.attempt))
         for col, v in zip(cols, values, strict=True):
             col.append(v)
-    return cols
+    return [sql.UNIT_SEP.join(col) for col in cols]
 
 
 async def _wait_first(*aws: Coroutine[Any, Any, Any], timeout: float) -> None:
