@@ -455,6 +455,17 @@ def render_backlog(results: dict[str, dict[str, Any]], libs: list[str], args: ar
                 vals.get("litetask"), results.get("litetask", {}).get("backlog_20k_1_jobs_s")), 1.5, "higher"))
         cells.append("; ".join(notes))
         lines.append(cells)
+    if any("pairs_1_median_jobs_s" in results.get(lib, {}) for lib in libs):
+        cells = [f"{args.workers} workers / 1 worker, 20,000 waiting: medians of {args.pairs} alternated pairs"]
+        for lib in libs:
+            one = results.get(lib, {}).get("pairs_1_median_jobs_s")
+            many = results.get(lib, {}).get("pairs_w_median_jobs_s")
+            cells += ["-" if one is None else f"{ratio(many, one):.2f}x ({many:,.0f} / {one:,.0f})", "-"]
+        cells.append("-")
+        lt = results.get("litetask", {})
+        cells.append("" if "pairs_1_median_jobs_s" not in lt else verdict(
+            ratio(lt["pairs_w_median_jobs_s"], lt["pairs_1_median_jobs_s"]), 1.5, "higher"))
+        lines.append(cells)
     return table(head, lines)
 
 
@@ -548,6 +559,19 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
                 for lib in libs:
                     await run_processing(results, key, lib, base_url, made, options, loop,
                                          enqueued=n, measured=measured, workers=1, concurrency=c, kind="noop")
+            if args.pairs:
+                # 1 worker and w workers alternated: two phases of ~2 s each move +-5 % between
+                # runs on this machine, so their ratio is also taken as the ratio of medians
+                log(f"backlog: 1 worker and {w} workers alternated {args.pairs} times, 20,000 waiting")
+                for lib in libs:
+                    for i in range(args.pairs):
+                        for key, workers in ((f"pair{i}_1", 1), (f"pair{i}_{w}", w)):
+                            await run_processing(results, key, lib, base_url, made, options, loop,
+                                                 enqueued=20_000, measured=20_000, workers=workers,
+                                                 concurrency=c, kind="noop")
+                    one = statistics.median(results[lib][f"pair{i}_1_jobs_s"] for i in range(args.pairs))
+                    many = statistics.median(results[lib][f"pair{i}_{w}_jobs_s"] for i in range(args.pairs))
+                    results[lib]["pairs_1_median_jobs_s"], results[lib]["pairs_w_median_jobs_s"] = one, many
             loads["backlog_end"] = C.loadavg()
     finally:
         if server is None and made:  # an external server: do not leave our databases behind
@@ -613,6 +637,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=10)
     p.add_argument("--workers", type=int, default=4, help="worker processes of the multi phase")
     p.add_argument("--n-multi", type=int, default=20_000, help="jobs of the multi phase")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="backlog phase: also alternate 1 and --workers worker processes this many times "
+                        "(20,000 waiting) and report the ratio of the medians (0: off)")
     p.add_argument("--backlog-window", type=int, default=50_000,
                    help="jobs timed out of the 500,000 waiting in the last backlog phase")
     p.add_argument("--uvloop", action="store_true", help="run every process on uvloop (all libraries)")
