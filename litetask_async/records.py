@@ -122,11 +122,13 @@ class NewTask:
     trace_context: str | None = None  # W3C headers of the enqueuing span, JSON (tracing.py)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ClaimedTask:
     """A task a worker has just claimed (status running, attempts already incremented).
 
     Payloads stay raw JSON text so that a payload that cannot be decoded fails only that task.
+    (Not frozen, as NewTask: one is built per task run, and a frozen ``__init__`` costs 2.1 us
+    against 0.8.)
     """
 
     id: str
@@ -149,9 +151,9 @@ class OutcomeKind(enum.StrEnum):
     RELEASE = "release"  # back to pending, interrupted by shutdown; the attempt is given back
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
-    """The end of one attempt, as written back by the worker."""
+    """The end of one attempt, as written back by the worker. (Not frozen: see ClaimedTask.)"""
 
     task_id: str
     worker_id: str

@@ -635,15 +635,20 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> list[str]:
     """FINISH_MANY's nine columns, each the outcomes' values joined by UNIT_SEP (None as an
     empty element): id, new status, result, error, retry delay, attempts given back, pid,
     worker, attempt."""
-    cols: list[list[str]] = [[] for _ in range(9)]
     now = time.time()
-    for o in outcomes:
-        pending = o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE)
-        values = (o.task_id, "pending" if pending else o.kind.value, o.result_json or "", o.error_json or "",
-                  repr(bounded_delay(o.retry_delay, now)), "1" if o.kind is OutcomeKind.RELEASE else "0",
-                  "" if o.pid is None else str(o.pid), o.worker_id, str(o.attempt))
-        for col, v in zip(cols, values, strict=True):
-            col.append(v)
+    kinds = [o.kind for o in outcomes]
+    back = (OutcomeKind.RETRY, OutcomeKind.RELEASE)
+    cols = (
+        [o.task_id for o in outcomes],
+        ["pending" if k in back else k.value for k in kinds],
+        [o.result_json or "" for o in outcomes],
+        [o.error_json or "" for o in outcomes],
+        ["0.0" if o.retry_delay is None else repr(bounded_delay(o.retry_delay, now)) for o in outcomes],
+        ["1" if k is OutcomeKind.RELEASE else "0" for k in kinds],
+        ["" if o.pid is None else str(o.pid) for o in outcomes],
+        [o.worker_id for o in outcomes],
+        [str(o.attempt) for o in outcomes],
+    )
     return [sql.UNIT_SEP.join(col) for col in cols]
 
 

@@ -484,9 +484,11 @@ SELECT * FROM moved UNION ALL SELECT * FROM back
 """
 
 # FINISH_MANY ($1-$9) and CLAIM ($10 worker, $11 pid, $12 limit, $13 queues) in one statement,
-# so one commit and one round trip: rows ('f', id, status, limited) for the outcomes applied,
-# then ('c', the claimed task's columns). The claim sees the statement's snapshot: tasks put
-# back to pending by these outcomes are claimable from the next statement on.
+# so one commit and one round trip: rows ('c', the claimed task's columns), then ('f', id,
+# status, limited) for the outcomes applied. The claim is read first, so it runs first: the
+# closer the pick is to the statement's snapshot, the fewer rows other workers claimed
+# meanwhile it meets. The claim sees the statement's snapshot: tasks put back to pending by
+# these outcomes are claimable from the next statement on.
 _FINISH_CTES = FINISH_MANY[:FINISH_MANY.rindex("SELECT * FROM moved")]
 FINISH_AND_CLAIM = _FINISH_CTES.rstrip() + ", picked AS (" + _PICK.format(queues="$13", limit="$12") + \
     "), " + _take("$10", "$11") + """, finished AS (
