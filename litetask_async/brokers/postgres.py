@@ -187,7 +187,7 @@ class PostgresBroker(Broker):
         self._finished_since_vacuum = 0
         self._vacuum_task: asyncio.Task[None] | None = None
         self._vacuum_mark: int | None = None  # the highest claimed seq at the last vacuum (see _claimed)
-        self._head: int | None = None  # the highest seq this broker saw claimed
+        self._head: int | None = None  # the highest seq of this broker's latest claim (see _claimed)
         self._may_vacuum: bool | None = None  # unknown until the first try
         self._clock_offset: float | None = None  # see clock_offset()
 
@@ -643,7 +643,7 @@ def _outcome_columns(outcomes: Sequence[Outcome]) -> list[str]:
         ["pending" if k in back else k.value for k in kinds],
         [o.result_json or "" for o in outcomes],
         [o.error_json or "" for o in outcomes],
-        ["0.0" if o.retry_delay is None else repr(bounded_delay(o.retry_delay, now)) for o in outcomes],
+        [repr(bounded_delay(o.retry_delay, now)) for o in outcomes],
         ["1" if k is OutcomeKind.RELEASE else "0" for k in kinds],
         ["" if o.pid is None else str(o.pid) for o in outcomes],
         [o.worker_id for o in outcomes],
